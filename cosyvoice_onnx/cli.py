@@ -1,0 +1,128 @@
+"""Command-line interface: `cosyvoice-onnx <command>`; errors print one clear line and exit non-zero."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .errors import CosyVoiceError
+
+
+def _cmd_make_tiny_model(args) -> int:
+    from .tiny import make_tiny_model
+
+    out = make_tiny_model(args.out, version=args.version, seed=args.seed)
+    print(f"wrote tiny CosyVoice{args.version} model folder: {out}")
+    return 0
+
+
+def _cmd_synth(args) -> int:
+    import numpy as np
+
+    from .audio import write_wav
+    from .engine import CosyVoice
+    from .prompts import preset_instruction
+
+    instruct = args.instruct
+    if args.instruct_preset:
+        instruct = preset_instruction(args.instruct_preset)
+    start = time.perf_counter()
+    tts = CosyVoice(args.model, backend=args.backend, llm_variant=args.llm)
+    loaded = time.perf_counter()
+    result = tts.synthesize(args.text, prompt_wav=args.prompt_wav, prompt_text=args.prompt_text, instruct=instruct,
+                            seed=args.seed, speed=args.speed, stream=args.stream,
+                            on_progress=lambda i, n: print(f"segment {i}/{n}", file=sys.stderr))
+    if args.stream:
+        chunks = []
+        for chunk in result:
+            if not chunks:
+                print(f"first audio after {time.perf_counter() - loaded:.2f} s", file=sys.stderr)
+            chunks.append(chunk)
+            print(f"chunk {len(chunks)}: {len(chunk) / tts.sample_rate:.2f} s", file=sys.stderr)
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+    else:
+        audio = result
+    done = time.perf_counter()
+    if audio.size == 0:
+        raise CosyVoiceError("the model produced no speech tokens for this text; try another seed or text")
+    write_wav(args.out, audio, tts.sample_rate)
+    seconds = len(audio) / tts.sample_rate
+    print(f"wrote {args.out}: {seconds:.2f} s of audio at {tts.sample_rate} Hz "
+          f"(load {loaded - start:.1f} s, synth {done - loaded:.1f} s, RTF {(done - loaded) / max(seconds, 1e-9):.2f})")
+    return 0
+
+
+def _cmd_download(args) -> int:
+    from .download import download
+
+    path = download(args.name, args.out, source=args.source)
+    print(f"downloaded to {path}")
+    return 0
+
+
+def _cmd_info(args) -> int:
+    from .model_files import inspect_model_dir
+
+    files = inspect_model_dir(args.model)
+    cfg = files.config
+    print(f"model folder: {files.root}")
+    print(f"version: CosyVoice{cfg.version} ({cfg.yaml_name})")
+    print(f"LM: hidden {cfg.llm.hidden_size}, {cfg.llm.num_layers} layers, {cfg.llm.num_heads} heads "
+          f"({cfg.llm.num_kv_heads} KV), speech vocab {cfg.llm.speech_vocab_size}")
+    print(f"flow: DiT dim {cfg.flow.dit_dim}, depth {cfg.flow.dit_depth}, heads {cfg.flow.dit_heads}")
+    print(f"vocoder: HiFT base {cfg.hift.base_channels}, upsample {cfg.hift.upsample_rates}")
+    for name, path in {**files.checkpoints(), "campplus": files.campplus,
+                       "speech tokenizer": files.speech_tokenizer}.items():
+        print(f"  {name:16s} {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cosyvoice-onnx", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("make-tiny-model", help="write a tiny synthetic model folder (official layout, random weights)")
+    t.add_argument("out", type=Path)
+    t.add_argument("--version", type=int, default=3, choices=[3])
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_make_tiny_model)
+
+    s = sub.add_parser("synth", help="synthesize speech in the voice of a prompt clip")
+    s.add_argument("--model", required=True, type=Path, help="official model folder (e.g. Fun-CosyVoice3-0.5B-2512)")
+    s.add_argument("--text", required=True)
+    s.add_argument("--prompt-wav", required=True, type=Path, help="3-10 s clip of the voice (>= 16 kHz)")
+    s.add_argument("--prompt-text", default=None, help="transcript of the clip; omit for cross-lingual mode")
+    s.add_argument("--instruct", default=None, help="natural-language instruction (instruct mode)")
+    s.add_argument("--instruct-preset", default=None, help="e.g. dialect:四川, emotion:happy, speed:fast")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--speed", type=float, default=1.0)
+    s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
+    s.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
+    s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
+    s.add_argument("--out", required=True, type=Path)
+    s.set_defaults(func=_cmd_synth)
+
+    d = sub.add_parser("download", help="download an official model folder (HuggingFace or ModelScope)")
+    d.add_argument("--name", default="Fun-CosyVoice3-0.5B-2512")
+    d.add_argument("--source", default="huggingface", choices=["huggingface", "modelscope"])
+    d.add_argument("--out", default=Path("models"), type=Path)
+    d.set_defaults(func=_cmd_download)
+
+    i = sub.add_parser("info", help="check a model folder and print what it holds")
+    i.add_argument("--model", required=True, type=Path)
+    i.set_defaults(func=_cmd_info)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except CosyVoiceError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

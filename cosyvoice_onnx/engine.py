@@ -1,0 +1,131 @@
+"""The pipeline: frontend -> language model -> flow -> vocoder, with the high-level and stage-level APIs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .backends import Stages, load_stages, parse_backend
+from .errors import InputError
+from .frontend import Frontend, PromptFeatures
+from .lm_decode import iter_speech_tokens
+from .model_files import inspect_model_dir
+from .noise import HiftNoise
+from .prompts import END_OF_PROMPT, MODES, Mode, choose_mode
+from .sampling import make_sampler
+from .token2wav import Token2Wav
+from .tokenizer import TextTokenizer
+
+MAX_TEXT_CHARS = 5000
+Progress = Callable[[int, int], None]
+
+
+class CosyVoice:
+    """A loaded model: `synthesize()` for applications, `generate_tokens/tokens_to_mel/mel_to_audio` for harnesses."""
+
+    def __init__(self, model_dir: str | Path, backend: str | dict | None = "torch", llm_variant: str = "base",
+                 export_dir: str | Path | None = None):
+        self.files = inspect_model_dir(model_dir, llm_variant)
+        self.cfg = self.files.config
+        self.sample_rate = self.cfg.hift.sampling_rate
+        self.tokenizer = TextTokenizer.from_dir(self.files.qwen_dir, self.cfg.tokenizer_version)
+        self.frontend = Frontend(self.cfg, self.tokenizer, self.files.speech_tokenizer, self.files.campplus)
+        self.stages: Stages = load_stages(self.files, parse_backend(backend), export_dir)
+        self.token2wav = Token2Wav(self.cfg, self.stages.flow, self.stages.vocoder, self.stages.flow_noise,
+                                   HiftNoise(self.cfg))
+        self.end_of_prompt_id = self.tokenizer.token_to_id(END_OF_PROMPT)
+
+    # ------------------------------------------------------------------ high level
+
+    def prompt_from_audio(self, audio, transcript: str = "", trim: bool = True) -> PromptFeatures:
+        return self.frontend.extract_prompt(audio, transcript, trim=trim)
+
+    def synthesize(self, text: str, prompt_wav=None, prompt_text: str | None = None, instruct: str | None = None, *,
+                   voice: PromptFeatures | None = None, seed: int = 0, speed: float = 1.0, stream: bool = False,
+                   sampler: str = "auto", on_progress: Progress | None = None, **decode_options):
+        """Text in the prompt's voice as 24 kHz float32 audio, or a generator of chunks when `stream`.
+
+        Mode: `instruct` given -> instruct; a transcript (prompt_text or the voice's) -> zero-shot;
+        neither -> cross-lingual. `decode_options` go to the LM loop (e.g. eos_mask_mode).
+        """
+        if len(text or "") > MAX_TEXT_CHARS:
+            raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}. Split it into parts.")
+        if stream and speed != 1.0:
+            raise InputError("speed change works only without streaming (as in the official model)")
+        if not 0.5 <= speed <= 2.0:
+            raise InputError(f"speed {speed} is outside 0.5 .. 2.0")
+        if voice is None:
+            if prompt_wav is None:
+                raise InputError("a prompt clip (3–10 s of the voice to clone) or a saved voice is required")
+            voice = self.prompt_from_audio(prompt_wav, prompt_text or "")
+        transcript = prompt_text if prompt_text is not None else voice.transcript
+        mode = choose_mode(transcript, instruct)
+        segments = self.frontend.text_segments(text)
+        token_sampler = make_sampler(sampler, seed, self.cfg.llm)
+        if stream:
+            return self._stream(segments, mode, voice, transcript, instruct, token_sampler, on_progress, decode_options)
+        pieces = []
+        for i, segment in enumerate(segments):
+            tokens = list(self._tokens(segment, mode, voice, transcript, instruct, token_sampler, decode_options))
+            pieces.append(self._whole(tokens, voice, speed))
+            if on_progress:
+                on_progress(i + 1, len(segments))
+        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+
+    def _stream(self, segments, mode, voice, transcript, instruct, token_sampler, on_progress, decode_options):
+        for i, segment in enumerate(segments):
+            token_iter = self._tokens(segment, mode, voice, transcript, instruct, token_sampler, decode_options)
+            yield from self.token2wav.stream(token_iter, voice.speech_tokens, voice.mel, voice.embedding)
+            if on_progress:
+                on_progress(i + 1, len(segments))
+
+    def _tokens(self, segment: str, mode: Mode, voice: PromptFeatures, transcript, instruct, token_sampler,
+                decode_options) -> Iterator[int]:
+        text_ids, prompt_text_ids = self.frontend.lm_inputs(mode, segment, transcript, instruct)
+        prompt_speech = voice.speech_tokens.reshape(-1) if mode.lm_prompt_speech else np.zeros(0, dtype=np.int64)
+        return self.iter_tokens(text_ids, prompt_text_ids, prompt_speech, token_sampler, **decode_options)
+
+    def _whole(self, tokens: list[int], voice: PromptFeatures, speed: float) -> np.ndarray:
+        if not tokens:
+            return np.zeros(0, dtype=np.float32)
+        return self.token2wav.whole(tokens, voice.speech_tokens, voice.mel, voice.embedding, speed=speed)
+
+    # ------------------------------------------------------------------ stage level
+
+    def iter_tokens(self, text_ids, prompt_text_ids, prompt_speech_ids, sampler, **options) -> Iterator[int]:
+        """LM decoding from token ids with any sampler (see `sampling.make_sampler`)."""
+        if self.cfg.requires_endofprompt:
+            options.setdefault("require_token", self.end_of_prompt_id)
+        return iter_speech_tokens(self.stages.lm, np.asarray(text_ids, dtype=np.int64),
+                                  np.asarray(prompt_text_ids, dtype=np.int64),
+                                  np.asarray(prompt_speech_ids, dtype=np.int64), self.cfg.llm, sampler, **options)
+
+    def generate_tokens(self, text_ids, prompt_text_ids, prompt_speech_ids, sampler, **options) -> list[int]:
+        return list(self.iter_tokens(text_ids, prompt_text_ids, prompt_speech_ids, sampler, **options))
+
+    def tokens_to_mel(self, tokens, prompt_tokens, prompt_mel, embedding, *, noise: np.ndarray | None = None,
+                      streaming: bool = False, finalize: bool = True) -> np.ndarray:
+        """Flow: [1,80,T] mel for `tokens` after the prompt. `noise` [1,80,>=T_total] replaces the fixed buffer."""
+        from .flow_solver import token_to_mel
+
+        return token_to_mel(self.stages.flow, np.asarray(tokens, dtype=np.int64).reshape(1, -1),
+                            np.asarray(prompt_tokens, dtype=np.int64).reshape(1, -1), prompt_mel, embedding,
+                            self.stages.flow_noise if noise is None else noise, streaming=streaming,
+                            finalize=finalize, cfg=self.cfg.flow)
+
+    def mel_to_audio(self, mel: np.ndarray, *, finalize: bool = True, noise: np.ndarray | None = None) -> np.ndarray:
+        """Vocoder: [1,S] audio. `noise` [1,L,harmonics+1] replaces the fixed uniform buffer's prefix."""
+        if noise is None:
+            return self.token2wav.vocode(mel, finalize)
+        return self.stages.vocoder.vocode(mel, finalize, noise)
+
+    def timed(self, fn, *args, **kwargs):
+        start = time.perf_counter()
+        out = fn(*args, **kwargs)
+        return out, time.perf_counter() - start
+
+
+__all__ = ["CosyVoice", "MODES"]

@@ -1,0 +1,17 @@
+"""Error types with messages meant for the person using the CLI or the studio."""
+
+
+class CosyVoiceError(Exception):
+    """Base class: every error we raise on purpose carries a readable message."""
+
+
+class ModelFolderError(CosyVoiceError):
+    """The model folder is missing, incomplete, or holds files that do not match."""
+
+
+class InputError(CosyVoiceError):
+    """Bad user input: audio, text, names or options."""
+
+
+class ExportError(CosyVoiceError):
+    """An ONNX export is missing, corrupt, or stale for the model it is used with."""

@@ -1,0 +1,286 @@
+"""Synthetic model folders in the exact official layout, with tiny dimensions and seeded random weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .config import QWEN_DIR, load_config
+
+# Tiny dimensions: small enough for CI, shaped like the real model (GQA, several heads, all HiFT stages).
+TINY = {
+    "llm": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=128),
+    "flow": dict(pre_lookahead_channels=64, dim=64, depth=2, heads=4, dim_head=16, ff_mult=2),
+    "hift": dict(base_channels=32, cond_channels=32),
+}
+
+
+def _qwen_config(vocab_size: int = 151936) -> dict:
+    c = TINY["llm"]
+    return {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
+        "hidden_size": c["hidden_size"], "intermediate_size": c["intermediate_size"],
+        "num_hidden_layers": c["num_hidden_layers"], "num_attention_heads": c["num_attention_heads"],
+        "num_key_value_heads": c["num_key_value_heads"], "max_position_embeddings": 32768,
+        "rms_norm_eps": 1e-06, "rope_theta": 1000000.0, "tie_word_embeddings": True,
+        "torch_dtype": "bfloat16", "vocab_size": vocab_size, "bos_token_id": 151643, "eos_token_id": 151643,
+        "use_sliding_window": False, "attention_dropout": 0.0, "initializer_range": 0.02,
+    }
+
+
+def cv3_yaml() -> str:
+    """The official cosyvoice3.yaml model sections, tiny dimensions, HyperPyYAML tags as in the release."""
+    f, h = TINY["flow"], TINY["hift"]
+    return f"""# Synthetic tiny Fun-CosyVoice3 model written by `cosyvoice-onnx make-tiny-model` (random weights).
+__set_seed1: !apply:random.seed [1986]
+__set_seed2: !apply:numpy.random.seed [1986]
+__set_seed3: !apply:torch.manual_seed [1986]
+__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
+
+sample_rate: 24000
+llm_input_size: {TINY['llm']['hidden_size']}
+llm_output_size: {TINY['llm']['hidden_size']}
+spk_embed_dim: 192
+qwen_pretrain_path: ''
+token_frame_rate: 25
+token_mel_ratio: 2
+
+chunk_size: 25
+num_decoding_left_chunks: -1
+
+llm: !new:cosyvoice.llm.llm.CosyVoice3LM
+    llm_input_size: !ref <llm_input_size>
+    llm_output_size: !ref <llm_output_size>
+    speech_token_size: 6561
+    length_normalized_loss: True
+    lsm_weight: 0
+    mix_ratio: [5, 15]
+    llm: !new:cosyvoice.llm.llm.Qwen2Encoder
+        pretrain_path: !ref <qwen_pretrain_path>
+    sampling: !name:cosyvoice.utils.common.ras_sampling
+        top_p: 0.8
+        top_k: 25
+        win_size: 10
+        tau_r: 0.1
+
+flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithDiT
+    input_size: 80
+    output_size: 80
+    spk_embed_dim: !ref <spk_embed_dim>
+    output_type: 'mel'
+    vocab_size: 6561
+    input_frame_rate: !ref <token_frame_rate>
+    only_mask_loss: True
+    token_mel_ratio: !ref <token_mel_ratio>
+    pre_lookahead_len: 3
+    pre_lookahead_layer: !new:cosyvoice.transformer.upsample_encoder.PreLookaheadLayer
+        in_channels: 80
+        channels: {f['pre_lookahead_channels']}
+        pre_lookahead_len: 3
+    decoder: !new:cosyvoice.flow.flow_matching.CausalConditionalCFM
+        in_channels: 240
+        n_spks: 1
+        spk_emb_dim: 80
+        cfm_params: !new:omegaconf.DictConfig
+            content:
+                sigma_min: 1e-06
+                solver: 'euler'
+                t_scheduler: 'cosine'
+                training_cfg_rate: 0.2
+                inference_cfg_rate: 0.7
+                reg_loss_type: 'l1'
+        estimator: !new:cosyvoice.flow.DiT.dit.DiT
+            dim: {f['dim']}
+            depth: {f['depth']}
+            heads: {f['heads']}
+            dim_head: {f['dim_head']}
+            ff_mult: {f['ff_mult']}
+            mel_dim: 80
+            mu_dim: 80
+            spk_dim: 80
+            out_channels: 80
+            static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
+            num_decoding_left_chunks: !ref <num_decoding_left_chunks>
+
+hift: !new:cosyvoice.hifigan.generator.CausalHiFTGenerator
+    in_channels: 80
+    base_channels: {h['base_channels']}
+    nb_harmonics: 8
+    sampling_rate: !ref <sample_rate>
+    nsf_alpha: 0.1
+    nsf_sigma: 0.003
+    nsf_voiced_threshold: 10
+    upsample_rates: [8, 5, 3]
+    upsample_kernel_sizes: [16, 11, 7]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+    resblock_kernel_sizes: [3, 7, 11]
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    source_resblock_kernel_sizes: [7, 7, 11]
+    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    lrelu_slope: 0.1
+    audio_limit: 0.99
+    conv_pre_look_right: 4
+    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.CausalConvRNNF0Predictor
+        num_class: 1
+        in_channels: 80
+        cond_channels: {h['cond_channels']}
+
+feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: 1920
+    num_mels: 80
+    sampling_rate: !ref <sample_rate>
+    hop_size: 480
+    win_size: 1920
+    fmin: 0
+    fmax: null
+    center: False
+get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
+    token_path: !ref <qwen_pretrain_path>
+    skip_special_tokens: True
+    version: cosyvoice3
+"""
+
+
+# ---------------------------------------------------------------- stand-in ONNX frontend models
+
+
+def speech_tokenizer_onnx(path: Path, seed: int) -> None:
+    """Stand-in for speech_tokenizer_v3.onnx: [1,128,T] log-mel + [1] int32 length -> [1, ceil(ceil(T/2)/2)] codes.
+
+    Two stride-2 convs and an 8-digit base-3 FSQ code, like the real tokenizer's 25 Hz, 6561-code output.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.normal(0, 0.1, (32, 128, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (8, 32, 3)).astype(np.float32)
+    powers = (3 ** np.arange(8, dtype=np.int64)).reshape(1, 8, 1)
+    nodes = [
+        helper.make_node("Conv", ["feats", "w1"], ["c1"], strides=[2], pads=[1, 1]),
+        helper.make_node("Tanh", ["c1"], ["a1"]),
+        helper.make_node("Conv", ["a1", "w2"], ["c2"], strides=[2], pads=[1, 1]),
+        helper.make_node("Tanh", ["c2"], ["a2"]),
+        helper.make_node("Round", ["a2"], ["r"]),
+        helper.make_node("Add", ["r", "one"], ["digits_f"]),
+        helper.make_node("Cast", ["digits_f"], ["digits"], to=TensorProto.INT64),
+        helper.make_node("Mul", ["digits", "powers"], ["weighted"]),
+        helper.make_node("ReduceSum", ["weighted", "axis1"], ["indices"], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes, "speech_tokenizer_stand_in",
+        [helper.make_tensor_value_info("feats", TensorProto.FLOAT, [1, 128, "T"]),
+         helper.make_tensor_value_info("feats_length", TensorProto.INT32, [1])],
+        [helper.make_tensor_value_info("indices", TensorProto.INT64, [1, "n"])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2"),
+         numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+         numpy_helper.from_array(powers, "powers"), numpy_helper.from_array(np.array([1], np.int64), "axis1")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+
+
+def campplus_onnx(path: Path, seed: int) -> None:
+    """Stand-in for campplus.onnx: `input` [1,T,80] fbank -> [1,192] embedding (mean and spread over time)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed + 1)
+    w = rng.normal(0, 0.2, (160, 192)).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axis1"], ["mean"], keepdims=0),
+        helper.make_node("Abs", ["input"], ["absx"]),
+        helper.make_node("ReduceMean", ["absx", "axis1"], ["spread"], keepdims=0),
+        helper.make_node("Concat", ["mean", "spread"], ["stats"], axis=1),
+        helper.make_node("MatMul", ["stats", "w"], ["proj"]),
+        helper.make_node("Tanh", ["proj"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "campplus_stand_in",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, "T", 80])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, 192])],
+        [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array([1], np.int64), "axis1")],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=8), str(path))
+
+
+# ---------------------------------------------------------------- weights
+
+
+def _shape_llm(lm, cfg, generator) -> None:
+    """Random LM weights that behave like a trained one in the one way tests need: it stops after a
+    plausible number of tokens, instead of at the first step or never."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.02, generator=generator)
+            elif name.endswith("norm.weight"):
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=generator)
+        text_embed = lm.llm.model.model.embed_tokens.weight
+        # A shared component on channel 0 survives the tiny transformer, so the stop rows can key on it.
+        text_embed[:, 0] = 1.0
+        lm.speech_embedding.weight[:, 0] = 1.0
+        lm.llm_decoder.weight[:, 0] = 0.0
+        lm.llm_decoder.weight[cfg.llm.speech_token_size:, 0] = -0.12
+        # EOS sits near the edge of the top-k nucleus, so outputs end after a few to a few hundred tokens.
+        lm.llm_decoder.weight[cfg.llm.eos, 0] = 0.015
+
+
+def make_tiny_model(out: str | Path, version: int = 3, seed: int = 0) -> Path:
+    """Writes a complete tiny model folder and returns its path."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .tokenizer import write_tiny_tokenizer
+    from .torch_backend.loader import build_modules
+
+    if version != 3:
+        raise ValueError("only --version 3 is available so far")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cosyvoice3.yaml").write_text(cv3_yaml(), encoding="utf-8")
+    qwen = out / QWEN_DIR
+    qwen.mkdir(exist_ok=True)
+    (qwen / "config.json").write_text(json.dumps(_qwen_config(), indent=2), encoding="utf-8")
+    write_tiny_tokenizer(qwen)
+    cfg = load_config(out)
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    modules = build_modules(cfg)
+    _shape_llm(modules["lm"], cfg, generator)
+    torch.save(modules["lm"].state_dict(), out / "llm.pt")
+    with torch.no_grad():
+        for p in modules["lm"].llm_decoder.parameters():
+            p[: cfg.llm.speech_token_size].add_(torch.randn_like(p[: cfg.llm.speech_token_size]) * 0.005)
+    torch.save(modules["lm"].state_dict(), out / "llm.rl.pt")
+    torch.save(modules["flow"].state_dict(), out / "flow.pt")
+    torch.save(modules["vocoder"].state_dict(), out / "hift.pt")
+    backbone = {k.removeprefix("llm.model."): v.clone().contiguous()
+                for k, v in modules["lm"].state_dict().items() if k.startswith("llm.model.model.")}
+    save_file(backbone, str(qwen / "model.safetensors"))
+
+    speech_tokenizer_onnx(out / "speech_tokenizer_v3.onnx", seed)
+    campplus_onnx(out / "campplus.onnx", seed)
+    torch.save({}, out / "spk2info.pt")
+    return out
+
+
+def synthetic_voice(seconds: float = 4.0, rate: int = 24000, seed: int = 0) -> np.ndarray:
+    """A voice-like test clip (gliding pitch, harmonics, syllable envelope, breath noise): no recording needed."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = 140 + 25 * np.sin(2 * np.pi * 0.7 * t) + 10 * np.sin(2 * np.pi * 3.1 * t)
+    phase = 2 * np.pi * np.cumsum(f0) / rate
+    voiced = sum(np.sin(k * phase) / k for k in range(1, 12))
+    syllables = np.clip(np.sin(2 * np.pi * 2.5 * t), 0, None) ** 0.5
+    clip = 0.25 * voiced * syllables + 0.01 * rng.standard_normal(t.size)
+    return (0.8 * clip / np.max(np.abs(clip))).astype(np.float32)

@@ -1,0 +1,1 @@
+"""PyTorch implementations of the neural stages, checkpoint-compatible with the official model files."""

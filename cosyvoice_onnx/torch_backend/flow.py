@@ -1,0 +1,309 @@
+"""CosyVoice3 flow in PyTorch: token encoder, DiT velocity estimator and the FlowStage wrapper."""
+
+from __future__ import annotations
+
+import math
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import FlowConfig
+
+# Scale applied to t in [0, 1] before the sinusoidal features (the DiT was trained on t * 1000).
+TIME_FEATURE_SCALE = 1000.0
+ROPE_BASE = 10000.0
+LAYER_NORM_EPS = 1e-6
+
+
+# --------------------------------------------------------------------------- DiT pieces
+
+
+def sinusoidal_time_features(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[B] times -> [B, dim] features, sines first; frequencies exp(-i ln(1e4) / (dim/2 - 1))."""
+    half = dim // 2
+    rate = math.log(10000) / (half - 1)
+    freqs = torch.exp(torch.arange(half, device=t.device).float() * -rate)
+    # Same multiplication order as the checkpoint's training code: (scale * t) * freq.
+    args = TIME_FEATURE_SCALE * t.unsqueeze(1) * freqs.unsqueeze(0)
+    return torch.cat((args.sin(), args.cos()), dim=-1)
+
+
+class TimeEmbedding(nn.Module):
+    def __init__(self, dim: int, feature_dim: int):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.time_mlp = nn.Sequential(nn.Linear(feature_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.time_mlp(sinusoidal_time_features(t, self.feature_dim).to(t.dtype))
+
+
+class CausalConvPositionEmbedding(nn.Module):
+    """Two left-padded grouped convolutions with Mish: each frame sees only itself and the past."""
+
+    def __init__(self, dim: int, kernel_size: int, groups: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.conv1 = nn.Sequential(nn.Conv1d(dim, dim, kernel_size, groups=groups), nn.Mish())
+        self.conv2 = nn.Sequential(nn.Conv1d(dim, dim, kernel_size, groups=groups), nn.Mish())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.transpose(1, 2)
+        h = self.conv1(F.pad(h, (self.kernel_size - 1, 0)))
+        h = self.conv2(F.pad(h, (self.kernel_size - 1, 0)))
+        return h.transpose(1, 2)
+
+
+class InputEmbedding(nn.Module):
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        # Inputs are [x, cond, mu, spks], each mel_dim wide (spks is projected to mel_dim beforehand).
+        self.proj = nn.Linear(cfg.mel_dim * 4, cfg.dit_dim)
+        self.conv_pos_embed = CausalConvPositionEmbedding(cfg.dit_dim, cfg.conv_pos_kernel, cfg.conv_pos_groups)
+
+    def forward(self, x, cond, mu, spks):
+        spks = spks.unsqueeze(1).expand(-1, x.shape[1], -1)
+        h = self.proj(torch.cat((x, cond, mu, spks), dim=-1))
+        return self.conv_pos_embed(h) + h
+
+
+class RotaryEmbedding(nn.Module):
+    """Interleaved-pair RoPE angles; `inv_freq` is a persistent buffer because flow.pt stores it."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("inv_freq", 1.0 / (ROPE_BASE ** (torch.arange(0, dim, 2).float() / dim)))
+
+    def forward(self, seq_len: int) -> torch.Tensor:
+        """Angles [T, dim] for positions 0..T-1, each frequency repeated for its (2i, 2i+1) pair."""
+        positions = torch.arange(seq_len, device=self.inv_freq.device).to(self.inv_freq.dtype)
+        angles = positions.unsqueeze(1) * self.inv_freq.unsqueeze(0)
+        return torch.stack((angles, angles), dim=-1).flatten(-2)
+
+
+def apply_interleaved_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotates pairs (x[2i], x[2i+1]) of the first `angles.shape[-1]` channels, in fp32; the rest pass through.
+
+    On the packed [B, T, heads*dim_head] projection this rotates head 0 only, as the checkpoint expects.
+    """
+    rot_dim = angles.shape[-1]
+    rotated, passed = x[..., :rot_dim].float(), x[..., rot_dim:]
+    pairs = rotated.unflatten(-1, (rot_dim // 2, 2))
+    turned = torch.stack((-pairs[..., 1], pairs[..., 0]), dim=-1).flatten(-2)
+    rotated = rotated * angles.cos() + turned * angles.sin()
+    return torch.cat((rotated.to(x.dtype), passed), dim=-1)
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int, dim_head: int):
+        super().__init__()
+        self.heads = heads
+        self.dim_head = dim_head
+        inner = heads * dim_head
+        self.to_q = nn.Linear(dim, inner)
+        self.to_k = nn.Linear(dim, inner)
+        self.to_v = nn.Linear(dim, inner)
+        self.to_out = nn.ModuleList([nn.Linear(inner, dim)])
+
+    def forward(self, x, attn_mask, query_valid, angles):
+        batch = x.shape[0]
+        q = apply_interleaved_rotary(self.to_q(x), angles)
+        k = apply_interleaved_rotary(self.to_k(x), angles)
+        v = self.to_v(x)
+        q, k, v = (h.view(batch, -1, self.heads, self.dim_head).transpose(1, 2) for h in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        out = out.transpose(1, 2).reshape(batch, -1, self.heads * self.dim_head)
+        return self.to_out[0](out).masked_fill(~query_valid, 0.0)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, dim: int, mult: int):
+        super().__init__()
+        inner = dim * mult
+        # Index 1 is the training-time dropout slot; Identity keeps the checkpoint's `ff.2` numbering.
+        self.ff = nn.Sequential(
+            nn.Sequential(nn.Linear(dim, inner), nn.GELU(approximate="tanh")), nn.Identity(), nn.Linear(inner, dim)
+        )
+
+    def forward(self, x):
+        return self.ff(x)
+
+
+class AdaLayerNormZero(nn.Module):
+    def __init__(self, dim: int, n_chunks: int):
+        super().__init__()
+        self.n_chunks = n_chunks
+        self.linear = nn.Linear(dim, dim * n_chunks)
+
+    def forward(self, temb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.chunk(self.linear(F.silu(temb)), self.n_chunks, dim=1)
+
+
+def layer_norm(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """LayerNorm without affine; `dim` is a python int so the legacy ONNX tracer keeps it constant."""
+    return F.layer_norm(x, (dim,), eps=LAYER_NORM_EPS)
+
+
+class DiTBlock(nn.Module):
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.dim = cfg.dit_dim
+        self.attn_norm = AdaLayerNormZero(cfg.dit_dim, 6)
+        self.attn = Attention(cfg.dit_dim, cfg.dit_heads, cfg.dit_dim_head)
+        self.ff = FeedForward(cfg.dit_dim, cfg.dit_ff_mult)
+
+    def forward(self, x, temb, attn_mask, query_valid, angles):
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.attn_norm(temb)
+        normed = layer_norm(x, self.dim) * (1 + scale_msa[:, None]) + shift_msa[:, None]
+        x = x + gate_msa.unsqueeze(1) * self.attn(normed, attn_mask, query_valid, angles)
+        normed = layer_norm(x, self.dim) * (1 + scale_mlp[:, None]) + shift_mlp[:, None]
+        return x + gate_mlp.unsqueeze(1) * self.ff(normed)
+
+
+def attention_mask(valid: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Boolean [B, 1, T, T] mask from key validity [B, T].
+
+    chunk_size > 0: query i sees key j iff j < (i // chunk_size + 1) * chunk_size (all earlier chunks)
+    and j is valid; chunk_size == 0: every valid key. Rows with nothing visible are opened fully,
+    as the checkpoint's code does (those query rows are zeroed after attention anyway).
+    """
+    seq_len = valid.shape[-1]
+    keys = valid.unsqueeze(1)
+    if chunk_size > 0:
+        pos = torch.arange(seq_len, device=valid.device)
+        visible_end = (torch.div(pos, chunk_size, rounding_mode="floor") + 1) * chunk_size
+        mask = keys & (pos.unsqueeze(0) < visible_end.unsqueeze(1)).unsqueeze(0)
+    else:
+        mask = keys.expand(-1, seq_len, -1)
+    mask = mask | ~mask.any(dim=-1, keepdim=True)
+    return mask.unsqueeze(1)
+
+
+class DiT(nn.Module):
+    """CFM velocity estimator: (x, mask, mu, t, spks, cond) -> velocity, all channels-first."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.dim = cfg.dit_dim
+        self.static_chunk_size = cfg.static_chunk_size
+        self.time_embed = TimeEmbedding(cfg.dit_dim, cfg.time_embed_dim)
+        self.input_embed = InputEmbedding(cfg)
+        self.rotary_embed = RotaryEmbedding(cfg.dit_dim_head)
+        self.transformer_blocks = nn.ModuleList(DiTBlock(cfg) for _ in range(cfg.dit_depth))
+        self.norm_out = AdaLayerNormZero(cfg.dit_dim, 2)
+        self.proj_out = nn.Linear(cfg.dit_dim, cfg.mel_dim)
+
+    def forward(self, x, mask, mu, t, spks, cond, streaming: bool = False):
+        """x, mu, cond [B, 80, T]; mask [B, 1, T] (1 = valid); t [B]; spks [B, 80] -> [B, 80, T].
+        `streaming` uses the static chunk mask so a frame never sees later chunks."""
+        seq_len = x.shape[2]
+        if t.ndim == 0:
+            t = t.repeat(x.shape[0])
+        temb = self.time_embed(t)
+        h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks)
+        angles = self.rotary_embed(seq_len)
+        attn_mask = attention_mask(mask[:, 0].bool(), self.static_chunk_size if streaming else 0)
+        # The checkpoint's code zeroes query rows where the mask's last row is False (padding).
+        query_valid = attn_mask[:, 0, -1].unsqueeze(-1)
+        for block in self.transformer_blocks:
+            h = block(h, temb, attn_mask, query_valid, angles)
+        scale, shift = self.norm_out(temb)
+        h = layer_norm(h, self.dim) * (1 + scale)[:, None, :] + shift[:, None, :]
+        return self.proj_out(h).transpose(1, 2)
+
+
+# --------------------------------------------------------------------------- token encoder
+
+
+class PreLookaheadLayer(nn.Module):
+    """Residual conv pair: conv1 looks `lookahead` tokens ahead, conv2 is causal (kernel 3)."""
+
+    def __init__(self, channels: int, hidden: int, lookahead: int):
+        super().__init__()
+        self.lookahead = lookahead
+        self.conv1 = nn.Conv1d(channels, hidden, kernel_size=lookahead + 1)
+        self.conv2 = nn.Conv1d(hidden, channels, kernel_size=3)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        """x [B, N, C] -> [B, N, C]; `context` [B, lookahead, C] replaces the right zero padding."""
+        h = x.transpose(1, 2)
+        if context is None:
+            h = F.pad(h, (0, self.lookahead))
+        else:
+            h = torch.cat((h, context.transpose(1, 2)), dim=2)
+        h = F.leaky_relu(self.conv1(h))
+        h = self.conv2(F.pad(h, (self.conv2.kernel_size[0] - 1, 0)))
+        return h.transpose(1, 2) + x
+
+
+class CausalFlow(nn.Module):
+    """CausalMaskedDiffWithDiT without its training parts; state_dict matches flow.pt."""
+
+    def __init__(self, cfg: FlowConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.input_embedding = nn.Embedding(cfg.vocab_size, cfg.mel_dim)
+        self.spk_embed_affine_layer = nn.Linear(cfg.spk_embed_dim, cfg.mel_dim)
+        self.pre_lookahead_layer = PreLookaheadLayer(cfg.mel_dim, cfg.pre_lookahead_channels, cfg.pre_lookahead_len)
+        # The CFM wrapper has no weights of its own; only its estimator appears in flow.pt.
+        self.decoder = nn.ModuleDict({"estimator": DiT(cfg)})
+
+    @property
+    def estimator(self) -> DiT:
+        return self.decoder["estimator"]
+
+    def embed_speaker(self, embedding: torch.Tensor) -> torch.Tensor:
+        """[1, spk_embed_dim] -> [1, mel_dim]."""
+        return self.spk_embed_affine_layer(F.normalize(embedding, dim=1, eps=1e-12))
+
+    def encode_tokens(self, tokens: torch.Tensor, finalize: bool) -> torch.Tensor:
+        """[1, N] tokens -> mu [1, mel_dim, ratio * N'] with N' = N, or N - lookahead when not finalized."""
+        emb = self.input_embedding(tokens.clamp(min=0))
+        if finalize:
+            h = self.pre_lookahead_layer(emb)
+        else:
+            split = emb.shape[1] - self.cfg.pre_lookahead_len
+            h = self.pre_lookahead_layer(emb[:, :split], context=emb[:, split:])
+        return h.repeat_interleave(self.cfg.token_mel_ratio, dim=1).transpose(1, 2)
+
+
+def flow_noise_buffer_torch(frames: int = 15000) -> torch.Tensor:
+    """The CFM's fixed starting noise: seed-0 `randn(1, 80, frames)`, float32 on the CPU.
+
+    Only frames=15000 reproduces the official buffer: the draw fills channel by channel, so the first
+    T frames of a shorter buffer hold different values.
+    """
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, 80, frames, generator=generator)
+
+
+# --------------------------------------------------------------------------- FlowStage
+
+
+def _to_tensor(array: np.ndarray, device: torch.device, dtype=torch.float32) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(array)).to(device=device, dtype=dtype)
+
+
+class TorchFlow:
+    """FlowStage on a CausalFlow module (numpy in, numpy out, fp32)."""
+
+    backend = "torch"
+
+    def __init__(self, flow: CausalFlow, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.flow = flow.to(self.device).eval()
+
+    @torch.inference_mode()
+    def embed_speaker(self, embedding: np.ndarray) -> np.ndarray:
+        return self.flow.embed_speaker(_to_tensor(embedding, self.device)).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode_tokens(self, tokens: np.ndarray, finalize: bool) -> np.ndarray:
+        mu = self.flow.encode_tokens(_to_tensor(tokens, self.device, torch.long), finalize)
+        return mu.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def estimate(self, x, mask, mu, t, spks, cond, streaming: bool) -> np.ndarray:
+        args = (_to_tensor(a, self.device) for a in (x, mask, mu, t, spks, cond))
+        return self.flow.estimator(*args, streaming=streaming).float().cpu().numpy()

@@ -1,0 +1,232 @@
+"""The speech-token language model: a Qwen2 decoder with an explicit KV cache, in plain PyTorch (no transformers)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import LLMConfig
+
+# One (key, value) pair per layer, each [1, kv_heads, cached_len, head_dim]; keys are stored after RoPE.
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalised in float32 and cast back before the gain, as Qwen2 does, so fp16 runs match too.
+        x32 = x.to(torch.float32)
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(x.dtype)
+
+
+def rotary_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [L, head_dim] for the rotate-half RoPE convention (frequencies repeated over both halves)."""
+    exponents = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).to(torch.float32) / head_dim
+    inv_freq = 1.0 / (theta ** exponents)
+    angles = positions.to(torch.float32)[:, None] * inv_freq[None, :]
+    angles = torch.cat((angles, angles), dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class Qwen2Attention(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.q_proj = nn.Linear(cfg.hidden_size, cfg.num_heads * cfg.head_dim, bias=True)
+        self.k_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.v_proj = nn.Linear(cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, bias=True)
+        self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past_k: torch.Tensor,
+                past_v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        batch, length, _ = x.shape
+        q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        keys = torch.cat((past_k, k), dim=2)
+        values = torch.cat((past_v, v), dim=2)
+        out = F.scaled_dot_product_attention(q, self._share_kv(keys), self._share_kv(values), attn_mask=mask,
+                                             scale=self.head_dim ** -0.5)
+        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
+        return self.o_proj(out), keys, values
+
+    def _share_kv(self, x: torch.Tensor) -> torch.Tensor:
+        """GQA: query head h reads kv head h // group (expand+reshape, which every exporter understands)."""
+        batch, _, seq, dim = x.shape
+        group = self.num_heads // self.num_kv_heads
+        return x[:, :, None].expand(batch, self.num_kv_heads, group, seq, dim).reshape(
+            batch, self.num_heads, seq, dim)
+
+
+class Qwen2MLP(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Qwen2DecoderLayer(nn.Module):
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.self_attn = Qwen2Attention(cfg)
+        self.mlp = Qwen2MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, past_k, past_v, mask):
+        attended, keys, values = self.self_attn(self.input_layernorm(x), cos, sin, past_k, past_v, mask)
+        x = x + attended
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, keys, values
+
+
+class Qwen2Model(nn.Module):
+    """Token embedding, decoder layers and final norm: `Qwen2ForCausalLM.model` in the checkpoint."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.text_vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Qwen2CausalLM(nn.Module):
+    """Holds `lm_head` only so the official checkpoint loads strictly; the text head is never evaluated."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.model = Qwen2Model(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.text_vocab_size, bias=False)
+
+
+class Qwen2Encoder(nn.Module):
+    """The official wrapper level (`llm.model` in key names)."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.model = Qwen2CausalLM(cfg)
+
+
+class CosyVoice3LM(nn.Module):
+    """Speech-token LM with the official state-dict layout (CosyVoice3, or CosyVoice2 through the config)."""
+
+    def __init__(self, cfg: LLMConfig):
+        super().__init__()
+        self.cfg = cfg
+        if not cfg.sos_task_in_speech_embedding:
+            # CosyVoice2 keeps sos (row 0) and task_id (row 1) in a separate two-row table.
+            self.llm_embedding = nn.Embedding(2, cfg.hidden_size)
+        self.llm = Qwen2Encoder(cfg)
+        self.llm_decoder = nn.Linear(cfg.hidden_size, cfg.speech_vocab_size, bias=cfg.decoder_bias)
+        self.speech_embedding = nn.Embedding(cfg.speech_vocab_size, cfg.hidden_size)
+        self.tie_weights()
+
+    @property
+    def backbone(self) -> Qwen2Model:
+        return self.llm.model.model
+
+    def tie_weights(self) -> None:
+        """Shares lm_head with embed_tokens when the Qwen config ties them (again after `assign=True` loads)."""
+        if self.cfg.tie_word_embeddings:
+            self.llm.model.lm_head.weight = self.backbone.embed_tokens.weight
+
+    def empty_cache(self) -> KVCache:
+        weight = self.speech_embedding.weight
+        shape = (1, self.cfg.num_kv_heads, 0, self.cfg.head_dim)
+        return [(weight.new_zeros(shape), weight.new_zeros(shape)) for _ in range(self.cfg.num_layers)]
+
+    def build_prefix(self, text_ids: torch.Tensor, prompt_speech_ids: torch.Tensor) -> torch.Tensor:
+        """[sos] ++ embed_tokens(text) ++ [task_id] ++ speech_embedding(prompt) -> [1, L, H]."""
+        specials = self.speech_embedding.weight if self.cfg.sos_task_in_speech_embedding else self.llm_embedding.weight
+        sos = specials[self.cfg.sos].reshape(1, 1, -1)
+        task_id = specials[self.cfg.task_id].reshape(1, 1, -1)
+        text = self.backbone.embed_tokens(text_ids.reshape(1, -1))
+        prompt = self.speech_embedding(prompt_speech_ids.reshape(1, -1))
+        return torch.cat((sos, text, task_id, prompt), dim=1)
+
+    def embed_speech(self, token_ids: torch.Tensor) -> torch.Tensor:
+        """Speech token ids [n] -> [1, n, H], the input of every step after the prefix."""
+        return self.speech_embedding(token_ids.reshape(1, -1))
+
+    def forward_hidden(self, embeds: torch.Tensor, past_kv: KVCache | None = None,
+                       start_pos: int | torch.Tensor | None = None) -> tuple[torch.Tensor, KVCache]:
+        """Causal decoder over `embeds` [1, L, H] after the cached positions.
+
+        Returns the final-norm hidden states [1, L, H] and the cache extended by L positions. Positions of the
+        new inputs are start_pos .. start_pos+L-1 (default: the cached length).
+        """
+        if past_kv is None:
+            past_kv = self.empty_cache()
+        past_len = past_kv[0][0].shape[2]
+        length = embeds.shape[1]
+        device = embeds.device
+        offsets = torch.arange(length, device=device)
+        positions = offsets + (past_len if start_pos is None else start_pos)
+        cos, sin = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        key_index = torch.arange(past_len + length, device=device)
+        mask = key_index[None, :] <= (offsets + past_len)[:, None]
+        hidden = embeds
+        new_kv: KVCache = []
+        for layer, (past_k, past_v) in zip(self.backbone.layers, past_kv):
+            hidden, keys, values = layer(hidden, cos, sin, past_k, past_v, mask)
+            new_kv.append((keys, values))
+        return self.backbone.norm(hidden), new_kv
+
+    def logits(self, h_last: torch.Tensor) -> torch.Tensor:
+        """Speech-vocabulary logits [V] from one final hidden state [1, H]."""
+        return self.llm_decoder(h_last).reshape(-1)
+
+
+class TorchLanguageModel:
+    """`LanguageModelStage` on PyTorch: numpy ids in, float32 logits out; the cache is the layer KV list."""
+
+    backend = "torch"
+
+    def __init__(self, model: CosyVoice3LM):
+        self.model = model.eval()
+
+    @classmethod
+    def from_state_dict(cls, cfg: LLMConfig, state_dict: dict[str, torch.Tensor]) -> TorchLanguageModel:
+        """Strict load of an official `llm.pt` without first allocating random weights."""
+        with torch.device("meta"):
+            model = CosyVoice3LM(cfg)
+        model.load_state_dict(state_dict, strict=True, assign=True)
+        model.tie_weights()
+        return cls(model.float())
+
+    def _ids(self, ids: Sequence[int] | np.ndarray) -> torch.Tensor:
+        device = self.model.speech_embedding.weight.device
+        return torch.as_tensor(np.asarray(ids, dtype=np.int64).reshape(-1), device=device)
+
+    def _run(self, embeds: torch.Tensor, cache: KVCache | None) -> tuple[np.ndarray, KVCache]:
+        hidden, cache = self.model.forward_hidden(embeds, cache)
+        logits = self.model.logits(hidden[:, -1])
+        return logits.to(torch.float32).cpu().numpy(), cache
+
+    def prefill(self, text_ids: np.ndarray, prompt_speech_ids: np.ndarray) -> tuple[np.ndarray, KVCache]:
+        with torch.inference_mode():
+            return self._run(self.model.build_prefix(self._ids(text_ids), self._ids(prompt_speech_ids)), None)
+
+    def step(self, token_id: int, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+        with torch.inference_mode():
+            return self._run(self.model.embed_speech(self._ids([int(token_id)])), cache)

@@ -1,0 +1,46 @@
+"""Builds the PyTorch stages from an official model folder with strict, checked weight loading."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model_files import ModelFiles, load_checkpoint, load_strict, normalize_hift_keys
+from .flow import CausalFlow, TorchFlow, flow_noise_buffer_torch
+from .hift import CausalHiFT, TorchVocoder
+from .llm import CosyVoice3LM, TorchLanguageModel
+
+
+def build_modules(cfg) -> dict[str, torch.nn.Module]:
+    """Fresh modules for a config (random init); their state dicts have the official keys."""
+    return {"lm": CosyVoice3LM(cfg.llm), "flow": CausalFlow(cfg.flow), "vocoder": CausalHiFT(cfg.hift)}
+
+
+def load_module(files: ModelFiles, stage: str) -> torch.nn.Module:
+    cfg = files.config
+    if stage == "lm":
+        module, path = CosyVoice3LM(cfg.llm), files.llm
+        state = load_checkpoint(path)
+    elif stage == "flow":
+        module, path = CausalFlow(cfg.flow), files.flow
+        state = load_checkpoint(path)
+    elif stage == "vocoder":
+        module, path = CausalHiFT(cfg.hift), files.hift
+        state = normalize_hift_keys(load_checkpoint(path))
+    else:
+        raise ValueError(stage)
+    load_strict(module, state, path)
+    if stage == "lm" and cfg.llm.tie_word_embeddings:
+        module.tie_weights()
+    return module.eval()
+
+
+_ADAPTERS = {"lm": TorchLanguageModel, "flow": TorchFlow, "vocoder": TorchVocoder}
+
+
+def load(files: ModelFiles, stages: list[str]) -> dict:
+    return {stage: _ADAPTERS[stage](load_module(files, stage)) for stage in stages}
+
+
+def flow_noise() -> np.ndarray:
+    return flow_noise_buffer_torch().numpy()

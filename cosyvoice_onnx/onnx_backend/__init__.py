@@ -1,0 +1,1 @@
+"""ONNX Runtime implementations of the three stages (numpy + onnxruntime only; never imports torch)."""

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError
 
 
@@ -31,9 +32,10 @@ def _cmd_synth(args) -> int:
     start = time.perf_counter()
     tts = CosyVoice(args.model, backend=args.backend, llm_variant=args.llm)
     loaded = time.perf_counter()
-    result = tts.synthesize(args.text, prompt_wav=args.prompt_wav, prompt_text=args.prompt_text, instruct=instruct,
-                            seed=args.seed, speed=args.speed, stream=args.stream,
-                            on_progress=lambda i, n: print(f"segment {i}/{n}", file=sys.stderr))
+    controls = synth_controls(args, tts)
+    result = tts.synthesize(controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
+                            instruct=instruct, seed=args.seed, speed=args.speed, stream=args.stream,
+                            on_progress=lambda i, n: print(f"segment {i}/{n}", file=sys.stderr), **controls)
     if args.stream:
         chunks = []
         for chunk in result:
@@ -43,7 +45,8 @@ def _cmd_synth(args) -> int:
             print(f"chunk {len(chunks)}: {len(chunk) / tts.sample_rate:.2f} s", file=sys.stderr)
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     else:
-        audio = result
+        audio, info = result
+        print(describe(info), file=sys.stderr)
     done = time.perf_counter()
     if audio.size == 0:
         raise CosyVoiceError("the model produced no speech tokens for this text; try another seed or text")
@@ -79,6 +82,29 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from .export.exporter import export_model
+
+    export_model(args.model, args.out, precisions=args.precision, llm_variant=args.llm, parity=not args.no_parity,
+                 progress=lambda msg: print(msg, flush=True))
+    return 0
+
+
+def _cmd_parity(args) -> int:
+    import json
+
+    from .parity import format_report, run_parity
+
+    report = run_parity(args.model, args.export_dir, precision=args.precision, prompt_wav=args.prompt_wav,
+                        prompt_text=args.prompt_text, text=args.text, seed=args.seed, max_tokens=args.max_tokens,
+                        llm_variant=args.llm)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cosyvoice-onnx", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,8 +118,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("synth", help="synthesize speech in the voice of a prompt clip")
     s.add_argument("--model", required=True, type=Path, help="official model folder (e.g. Fun-CosyVoice3-0.5B-2512)")
     s.add_argument("--text", required=True)
-    s.add_argument("--prompt-wav", required=True, type=Path, help="3-10 s clip of the voice (>= 16 kHz)")
-    s.add_argument("--prompt-text", default=None, help="transcript of the clip; omit for cross-lingual mode")
+    s.add_argument("--prompt-wav", "--timbre-wav", type=Path, default=None,
+                   help="3-10 s clip of the voice (>= 16 kHz), or use --voice")
+    s.add_argument("--prompt-text", "--timbre-text", default=None,
+                   help="transcript of the clip; omit for cross-lingual mode")
     s.add_argument("--instruct", default=None, help="natural-language instruction (instruct mode)")
     s.add_argument("--instruct-preset", default=None, help="e.g. dialect:四川, emotion:happy, speed:fast")
     s.add_argument("--seed", type=int, default=0)
@@ -102,13 +130,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
     s.add_argument("--out", required=True, type=Path)
+    add_synth_controls(s)
     s.set_defaults(func=_cmd_synth)
+    add_voices_command(sub)
+    add_pronounce_command(sub)
 
     d = sub.add_parser("download", help="download an official model folder (HuggingFace or ModelScope)")
     d.add_argument("--name", default="Fun-CosyVoice3-0.5B-2512")
     d.add_argument("--source", default="huggingface", choices=["huggingface", "modelscope"])
     d.add_argument("--out", default=Path("models"), type=Path)
     d.set_defaults(func=_cmd_download)
+
+    e = sub.add_parser("export", help="export every neural stage to ONNX, with a manifest and parity figures")
+    e.add_argument("--model", required=True, type=Path)
+    e.add_argument("--precision", default="fp32", help="fp32, fp16, int8 or a comma list (fp32 always included)")
+    e.add_argument("--out", type=Path, default=None, help="export folder (default: MODEL/onnx)")
+    e.add_argument("--llm", default="base", choices=["base", "rl"])
+    e.add_argument("--no-parity", action="store_true", help="skip the parity check after export")
+    e.set_defaults(func=_cmd_export)
+
+    q = sub.add_parser("parity", help="compare PyTorch and ONNX stage by stage from the same seed")
+    q.add_argument("--model", required=True, type=Path)
+    q.add_argument("--export-dir", type=Path, default=None, help="default: MODEL/onnx")
+    q.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    q.add_argument("--prompt-wav", type=Path, default=None, help="default: a synthetic voice-like clip")
+    q.add_argument("--prompt-text", default="This is the prompt clip.")
+    q.add_argument("--text", default="Hello! This sentence checks that both backends say exactly the same thing.")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--max-tokens", type=int, default=200)
+    q.add_argument("--llm", default="base", choices=["base", "rl"])
+    q.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
+    q.set_defaults(func=_cmd_parity)
 
     i = sub.add_parser("info", help="check a model folder and print what it holds")
     i.add_argument("--model", required=True, type=Path)

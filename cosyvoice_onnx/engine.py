@@ -9,15 +9,20 @@ from pathlib import Path
 import numpy as np
 
 from .backends import Stages, load_stages, parse_backend
+from .duration import DurationTarget, estimate_tokens, render_frames
 from .errors import InputError
 from .frontend import Frontend, PromptFeatures
 from .lm_decode import iter_speech_tokens
+from .longtext import DEFAULT_JOIN_MS, Joiner, SynthesisInfo, synthesize_segments
+from .mixing import PromptPlan, mix_prompts, single_prompt
 from .model_files import inspect_model_dir
 from .noise import HiftNoise
 from .prompts import END_OF_PROMPT, MODES, Mode, choose_mode
+from .pronunciation import validate_tags
 from .sampling import make_sampler
 from .token2wav import Token2Wav
 from .tokenizer import TextTokenizer
+from .voices import VoiceStore, model_fingerprint
 
 MAX_TEXT_CHARS = 5000
 Progress = Callable[[int, int], None]
@@ -43,13 +48,25 @@ class CosyVoice:
     def prompt_from_audio(self, audio, transcript: str = "", trim: bool = True) -> PromptFeatures:
         return self.frontend.extract_prompt(audio, transcript, trim=trim)
 
+    def voice_store(self, root: str | Path) -> VoiceStore:
+        """Saved voices under `root`, flagged when saved with another model's speaker/speech-tokenizer files."""
+        return VoiceStore(root, model_fingerprint(self.files.campplus, self.files.speech_tokenizer))
+
     def synthesize(self, text: str, prompt_wav=None, prompt_text: str | None = None, instruct: str | None = None, *,
                    voice: PromptFeatures | None = None, seed: int = 0, speed: float = 1.0, stream: bool = False,
-                   sampler: str = "auto", on_progress: Progress | None = None, **decode_options):
+                   sampler: str = "auto", on_progress: Progress | None = None, duration: float | None = None,
+                   duration_method: str = "tokens", timbre: PromptFeatures | None = None,
+                   emotion: PromptFeatures | None = None, mix: float = 1.0, join: str = "none",
+                   join_ms: float = DEFAULT_JOIN_MS, check_tags: bool = False, return_info: bool = False,
+                   **decode_options):
         """Text in the prompt's voice as 24 kHz float32 audio, or a generator of chunks when `stream`.
 
         Mode: `instruct` given -> instruct; a transcript (prompt_text or the voice's) -> zero-shot;
         neither -> cross-lingual. `decode_options` go to the LM loop (e.g. eos_mask_mode).
+        duration: exact length in seconds (see duration.py; `duration_method` "tokens" or "stretch").
+        timbre/emotion/mix: the flow prompt from `timbre` (alias of `voice`), the LM prompt spliced from
+        timbre and `emotion` clips by `mix` (see mixing.py). join/join_ms: how sentences meet (longtext.py).
+        check_tags: refuse unknown [tags]. return_info: return (audio, SynthesisInfo).
         """
         if len(text or "") > MAX_TEXT_CHARS:
             raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}. Split it into parts.")
@@ -57,41 +74,81 @@ class CosyVoice:
             raise InputError("speed change works only without streaming (as in the official model)")
         if not 0.5 <= speed <= 2.0:
             raise InputError(f"speed {speed} is outside 0.5 .. 2.0")
+        if stream and (duration is not None or return_info):
+            raise InputError("duration control and return_info work only without streaming")
+        if duration is not None and speed != 1.0:
+            raise InputError("give either a duration or a speed, not both")
+        if check_tags:
+            validate_tags(text, self.tokenizer)
+        prompts = self._prompt_plan(prompt_wav, prompt_text, voice, timbre, emotion, mix, instruct)
+        mode = choose_mode(prompts.transcript, instruct)
+        segments = self.frontend.text_segments(text)
+        joiner = Joiner.create(join, join_ms, self.sample_rate)
+        token_sampler = make_sampler(sampler, seed, self.cfg.llm)
+        if stream:
+            return joiner.stream(self._stream(segments, mode, prompts, instruct, token_sampler, on_progress,
+                                              decode_options))
+        text_tokens = [len(self.frontend.encode(s)) for s in segments]
+        target = None if duration is None else DurationTarget.plan(
+            duration, duration_method, text_tokens, joiner.overhead(len(segments)), self.cfg)
+        info = SynthesisInfo(mode.name, segments,
+                             estimated_seconds=estimate_tokens(text_tokens) / self.cfg.features.token_frame_rate,
+                             target_seconds=duration, duration_method=duration_method if target else None,
+                             join=join, join_samples=joiner.samples, emotion_mix=None if emotion is None else mix)
+
+        def decode(segment: str, exact_len: int | None) -> list[int]:
+            options = decode_options if exact_len is None else {**decode_options, "exact_len": exact_len}
+            return list(self._tokens(segment, mode, prompts, instruct, token_sampler, options))
+
+        def render(tokens: list[int], frames: int | None) -> np.ndarray:
+            return self._whole(tokens, prompts.flow, speed, frames)
+
+        audio = synthesize_segments(segments, decode, render, joiner, info, target,
+                                    lambda counts: target.frames(counts, self.cfg), on_progress)
+        info.seconds = len(audio) / self.sample_rate
+        return (audio, info) if return_info else audio
+
+    def _prompt_plan(self, prompt_wav, prompt_text, voice, timbre, emotion, mix, instruct) -> PromptPlan:
+        if voice is not None and timbre is not None:
+            raise InputError("give the voice either as voice= or as timbre=, not both")
+        voice = voice if timbre is None else timbre
         if voice is None:
             if prompt_wav is None:
                 raise InputError("a prompt clip (3–10 s of the voice to clone) or a saved voice is required")
             voice = self.prompt_from_audio(prompt_wav, prompt_text or "")
-        transcript = prompt_text if prompt_text is not None else voice.transcript
-        mode = choose_mode(transcript, instruct)
-        segments = self.frontend.text_segments(text)
-        token_sampler = make_sampler(sampler, seed, self.cfg.llm)
-        if stream:
-            return self._stream(segments, mode, voice, transcript, instruct, token_sampler, on_progress, decode_options)
-        pieces = []
-        for i, segment in enumerate(segments):
-            tokens = list(self._tokens(segment, mode, voice, transcript, instruct, token_sampler, decode_options))
-            pieces.append(self._whole(tokens, voice, speed))
-            if on_progress:
-                on_progress(i + 1, len(segments))
-        return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        if emotion is None:
+            return single_prompt(voice, prompt_text)
+        if instruct:
+            raise InputError("instruct mode has no LM speech prompt to carry an emotion clip; use either an "
+                             "instruction or an emotion clip")
+        return mix_prompts(voice, emotion, mix, prompt_text)
 
-    def _stream(self, segments, mode, voice, transcript, instruct, token_sampler, on_progress, decode_options):
+    def _stream(self, segments, mode, prompts: PromptPlan, instruct, token_sampler, on_progress, decode_options):
+        """One chunk generator per segment, for the joiner."""
         for i, segment in enumerate(segments):
-            token_iter = self._tokens(segment, mode, voice, transcript, instruct, token_sampler, decode_options)
-            yield from self.token2wav.stream(token_iter, voice.speech_tokens, voice.mel, voice.embedding)
-            if on_progress:
-                on_progress(i + 1, len(segments))
+            yield self._stream_segment(segment, mode, prompts, instruct, token_sampler, decode_options,
+                                       on_progress, (i + 1, len(segments)))
 
-    def _tokens(self, segment: str, mode: Mode, voice: PromptFeatures, transcript, instruct, token_sampler,
+    def _stream_segment(self, segment, mode, prompts: PromptPlan, instruct, token_sampler, decode_options,
+                        on_progress, position: tuple[int, int]):
+        token_iter = self._tokens(segment, mode, prompts, instruct, token_sampler, decode_options)
+        flow = prompts.flow
+        yield from self.token2wav.stream(token_iter, flow.speech_tokens, flow.mel, flow.embedding)
+        if on_progress:
+            on_progress(*position)
+
+    def _tokens(self, segment: str, mode: Mode, prompts: PromptPlan, instruct, token_sampler,
                 decode_options) -> Iterator[int]:
-        text_ids, prompt_text_ids = self.frontend.lm_inputs(mode, segment, transcript, instruct)
-        prompt_speech = voice.speech_tokens.reshape(-1) if mode.lm_prompt_speech else np.zeros(0, dtype=np.int64)
+        text_ids, prompt_text_ids = self.frontend.lm_inputs(mode, segment, prompts.transcript, instruct)
+        prompt_speech = prompts.lm_tokens if mode.lm_prompt_speech else np.zeros(0, dtype=np.int64)
         return self.iter_tokens(text_ids, prompt_text_ids, prompt_speech, token_sampler, **decode_options)
 
-    def _whole(self, tokens: list[int], voice: PromptFeatures, speed: float) -> np.ndarray:
+    def _whole(self, tokens: list[int], flow: PromptFeatures, speed: float, frames: int | None = None) -> np.ndarray:
         if not tokens:
             return np.zeros(0, dtype=np.float32)
-        return self.token2wav.whole(tokens, voice.speech_tokens, voice.mel, voice.embedding, speed=speed)
+        if frames is not None:
+            return render_frames(self.token2wav, tokens, flow.speech_tokens, flow.mel, flow.embedding, frames)
+        return self.token2wav.whole(tokens, flow.speech_tokens, flow.mel, flow.embedding, speed=speed)
 
     # ------------------------------------------------------------------ stage level
 

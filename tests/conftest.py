@@ -9,6 +9,20 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True, scope="session")
+def single_torch_thread():
+    """Test tensors are tiny: extra intra-op threads only spin against each other on a shared 2-core box."""
+    try:
+        import torch
+    except ImportError:
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     from cosyvoice_onnx.tiny import make_tiny_model
@@ -28,9 +42,6 @@ def prompt_wav(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_engine(tiny_model_dir):
-    import torch
-
     from cosyvoice_onnx import CosyVoice
 
-    torch.set_num_threads(1)  # tiny graphs: thread hand-offs cost more than they save on a shared 2-core box
     return CosyVoice(tiny_model_dir)

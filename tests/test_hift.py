@@ -14,15 +14,6 @@ from cosyvoice_onnx.torch_backend.hift import (ConvSTFT, CausalHiFT, TorchVocode
 HOP = 480
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    # These tensors are tiny; extra intra-op threads only spin against each other on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def tiny_config(**overrides) -> HiFTConfig:
     return HiFTConfig(base_channels=32, f0_cond_channels=32, **overrides)
 

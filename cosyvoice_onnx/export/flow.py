@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+import warnings
 from pathlib import Path
 
 import onnx
@@ -23,18 +24,13 @@ ENCODER_INPUTS = ["tokens", "embedding"]
 ENCODER_OUTPUTS = ["mu", "spks"]
 ESTIMATOR_INPUTS = ["x", "mask", "mu", "t", "spks", "cond", "streaming"]
 ESTIMATOR_OUTPUTS = ["velocity"]
-# Ops kept in fp32 in the fp16 estimator: LayerNorm statistics and softmax overflow in fp16, and the
-# sinusoid/RoPE angles reach 1000 rad (time) or T rad (positions), where fp16 keeps no fractional digits.
-FP16_BLOCKED_OPS = ["LayerNormalization", "ReduceMean", "Pow", "Sqrt", "Softmax", "Sin", "Cos", "Exp", "Range"]
+# int8 quantizes the LM only; the flow is then written (and run) in fp32.
+PRECISIONS = ("fp32", "fp16", "int8")
+# Kept in fp32 in the fp16 estimator: LayerNorm statistics and softmax sums overflow in fp16, and the time
+# sinusoid and RoPE angles reach 1000 rad and T rad, where fp16 keeps no fractional digits. The node groups
+# cover the multiplications that produce those angles.
+FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "Sin", "Cos"]
 FP16_BLOCKED_NODE_PREFIXES = ("/time_embed/", "/rotary_embed/")
-
-
-def precision_files(precision: str) -> dict[str, str]:
-    """File name per graph for a precision; int8 quantizes the LM only, so the flow then stays fp32."""
-    if precision not in ("fp32", "fp16", "int8"):
-        raise ValueError(f"unknown precision {precision!r} (fp32, fp16 or int8)")
-    estimator = f"{ESTIMATOR_BASE}.fp16.onnx" if precision == "fp16" else f"{ESTIMATOR_BASE}.onnx"
-    return {"encoder": f"{ENCODER_BASE}.onnx", "estimator": estimator}
 
 
 def switchable_attention_mask(valid: torch.Tensor, chunk_size: int, streaming: torch.Tensor) -> torch.Tensor:
@@ -44,7 +40,7 @@ def switchable_attention_mask(valid: torch.Tensor, chunk_size: int, streaming: t
     padding mask is left.
     """
     pos = torch.arange(valid.shape[-1], device=valid.device)
-    chunk = torch.where(streaming.reshape(()), torch.tensor(chunk_size), torch.tensor(FULL_ATTENTION_CHUNK))
+    chunk = torch.where(streaming.reshape(()), chunk_size, FULL_ATTENTION_CHUNK)
     visible_end = (torch.div(pos, chunk, rounding_mode="floor") + 1) * chunk
     mask = valid.unsqueeze(1) & (pos.unsqueeze(0) < visible_end.unsqueeze(1)).unsqueeze(0)
     mask = mask | ~mask.any(dim=-1, keepdim=True)
@@ -107,11 +103,24 @@ def _trace(module: nn.Module, args: tuple, path: Path, inputs: list[str], output
     # The legacy TorchScript exporter: it keeps T dynamic through arange/shape arithmetic with plain
     # dynamic_axes, and its graph matches torch to float rounding (dynamo needs per-input Dim specs for the same).
     # A scratch folder, because above 2 GB the exporter scatters one external file per weight beside the graph.
-    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, torch.no_grad():
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch, torch.no_grad(), warnings.catch_warnings():
+        # Expected noise: the legacy exporter's deprecation notice and its unfoldable strided Slice of RoPE pairs.
+        warnings.filterwarnings("ignore", message="You are using the legacy TorchScript-based ONNX export")
+        warnings.filterwarnings("ignore", message="The feature will be removed")
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         traced = Path(scratch) / path.name
         torch.onnx.export(module, args, str(traced), input_names=inputs, output_names=outputs, opset_version=OPSET,
                           dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
         return onnx.load(str(traced))
+
+
+def _set_output_shape(model: onnx.ModelProto, name: str, dims: list) -> None:
+    (output,) = (o for o in model.graph.output if o.name == name)
+    for dim, value in zip(output.type.tensor_type.shape.dim, dims):
+        if isinstance(value, int):
+            dim.dim_value = value
+        else:
+            dim.dim_param = value
 
 
 def export_encoder(flow: CausalFlow, out_dir: Path) -> Path:
@@ -122,6 +131,8 @@ def export_encoder(flow: CausalFlow, out_dir: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _trace(EncoderGraph(flow).eval(), (tokens, embedding), path, ENCODER_INPUTS, ENCODER_OUTPUTS,
                    {"tokens": {1: "n_tokens"}, "mu": {2: "n_frames"}})
+    # Shape inference loses track of repeat_interleave's batch and channel sizes; state them.
+    _set_output_shape(model, "mu", [1, cfg.mel_dim, "n_frames"])
     return _save(model, path)
 
 
@@ -144,24 +155,69 @@ def export_estimator(flow: CausalFlow, out_dir: Path) -> Path:
 
 
 def convert_estimator_fp16(fp32_path: Path) -> Path:
-    """fp16 weights and matmuls with fp32 I/O; the blocked ops above run in fp32 between casts."""
+    """fp16 weights and matmuls with fp32 I/O; the blocked ops and node groups above compute in fp32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(fp32_path))
     blocked_nodes = [n.name for n in model.graph.node if n.name.startswith(FP16_BLOCKED_NODE_PREFIXES)]
     half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_BLOCKED_OPS,
                                     node_block_list=blocked_nodes)
-    return _save(half, fp32_path.with_name(f"{ESTIMATOR_BASE}.fp16.onnx"))
+    _skip_fp16_round_trips(half)
+    tidy = OnnxModel(half)
+    tidy.prune_graph(allow_remove_graph_inputs=False)
+    # The converter appends its Casts at the end of the node list; the checker wants topological order.
+    tidy.topological_sort()
+    _drop_repeated_nodes(tidy.model.graph)
+    return _save(tidy.model, fp32_path.with_name(f"{ESTIMATOR_BASE}.fp16.onnx"))
+
+
+def _cast_to(node: onnx.NodeProto | None, elem_type: int) -> bool:
+    return node is not None and node.op_type == "Cast" and node.attribute[0].i == elem_type
+
+
+def _skip_fp16_round_trips(model: onnx.ModelProto) -> None:
+    """Feeds fp32 tensors straight to fp32 consumers.
+
+    The converter casts every blocked node's output to fp16 and back before the next blocked node (and every
+    graph input too, `t` included), which would round the 1000*t sinusoid and RoPE angles to fp16 after all.
+    """
+    float32 = onnx.TensorProto.FLOAT
+    inferred = onnx.shape_inference.infer_shapes(model).graph
+    types = {v.name: v.type.tensor_type.elem_type for v in [*inferred.value_info, *inferred.input]}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    for node in model.graph.node:
+        for index, name in enumerate(node.input):
+            to_float = producer.get(name)
+            if not _cast_to(to_float, float32):
+                continue
+            to_half = producer.get(to_float.input[0])
+            if _cast_to(to_half, onnx.TensorProto.FLOAT16) and types.get(to_half.input[0]) == float32:
+                node.input[index] = to_half.input[0]
+
+
+def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
+    """The converter inserts the same Cast once per blocked consumer; onnxruntime rejects the repeated name."""
+    seen: set[bytes] = set()
+    kept = []
+    for node in graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            kept.append(node)
+    del graph.node[:]
+    graph.node.extend(kept)
 
 
 def export_flow(module: CausalFlow, cfg: ModelConfig, out_dir: Path, precision: str = "fp32") -> list[Path]:
     """Writes flow_encoder.onnx and flow_estimator.onnx (plus flow_estimator.fp16.onnx for fp16)."""
-    names = precision_files(precision)
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
     if module.cfg.mel_dim != cfg.flow.mel_dim or module.cfg.static_chunk_size != cfg.flow.static_chunk_size:
         raise ValueError("the flow module was built from another config than the one given")
     module = module.float().eval()
     out_dir = Path(out_dir)
     written = [export_encoder(module, out_dir), export_estimator(module, out_dir)]
-    if names["estimator"] != written[1].name:
+    if precision == "fp16":
         written.append(convert_estimator_fp16(written[1]))
     return written

@@ -1,0 +1,73 @@
+"""FlowStage on ONNX Runtime: the exported token encoder and DiT velocity estimator (numpy only)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..config import ModelConfig
+from ..errors import ExportError, InputError
+from .session import make_session
+
+ENCODER_FILE = "flow_encoder.onnx"
+ESTIMATOR_FILES = {"fp32": "flow_estimator.onnx", "fp16": "flow_estimator.fp16.onnx",
+                   # int8 quantizes the LM only; the flow runs its fp32 graphs then.
+                   "int8": "flow_estimator.onnx"}
+# embed_speaker feeds the encoder one placeholder token: the graph computes spks from the embedding alone.
+PLACEHOLDER_TOKENS = np.zeros((1, 1), dtype=np.int64)
+ENCODER_IO = (["tokens", "embedding"], ["mu", "spks"])
+ESTIMATOR_IO = (["x", "mask", "mu", "t", "spks", "cond", "streaming"], ["velocity"])
+
+
+def _check_io(session, path: Path, io: tuple[list[str], list[str]], mel_dim: int) -> None:
+    """A graph from another export version or another model is refused here, not mid-synthesis."""
+    got = ([i.name for i in session.get_inputs()], [o.name for o in session.get_outputs()])
+    if got != io:
+        raise ExportError(f"{path}: inputs/outputs {got}, expected {io}; the export is from another version: "
+                          "re-export")
+    graph_mel_dim = session.get_outputs()[0].shape[1]
+    if graph_mel_dim != mel_dim:
+        raise ExportError(f"{path}: made for {graph_mel_dim} mel bins but the model has {mel_dim}: re-export")
+
+
+class OnnxFlow:
+    """flow_encoder.onnx gives finalized mu and spks; flow_estimator[.fp16].onnx gives the velocity."""
+
+    backend = "onnx"
+
+    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None):
+        if precision not in ESTIMATOR_FILES:
+            raise ValueError(f"unknown precision {precision!r} (fp32, fp16 or int8)")
+        export_dir = Path(export_dir)
+        self.cfg = cfg.flow
+        self.precision = precision
+        # The encoder stays fp32 at every precision: it is tiny and feeds every frame of mu.
+        encoder_path, estimator_path = export_dir / ENCODER_FILE, export_dir / ESTIMATOR_FILES[precision]
+        self.encoder = make_session(encoder_path, threads=threads)
+        self.estimator = make_session(estimator_path, threads=threads)
+        _check_io(self.encoder, encoder_path, ENCODER_IO, self.cfg.mel_dim)
+        _check_io(self.estimator, estimator_path, ESTIMATOR_IO, self.cfg.mel_dim)
+
+    def embed_speaker(self, embedding: np.ndarray) -> np.ndarray:
+        feeds = {"tokens": PLACEHOLDER_TOKENS, "embedding": np.ascontiguousarray(embedding, dtype=np.float32)}
+        return self.encoder.run(["spks"], feeds)[0]
+
+    def encode_tokens(self, tokens: np.ndarray, finalize: bool) -> np.ndarray:
+        feeds = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64),
+                 "embedding": np.zeros((1, self.cfg.spk_embed_dim), dtype=np.float32)}
+        if not finalize and feeds["tokens"].shape[1] <= self.cfg.pre_lookahead_len:
+            raise InputError(f"a non-final flow chunk needs more than {self.cfg.pre_lookahead_len} tokens, "
+                             f"got {feeds['tokens'].shape[1]}")
+        mu = self.encoder.run(["mu"], feeds)[0]
+        if finalize:
+            return mu
+        # The look-ahead conv sees at most pre_lookahead_len tokens to the right, so every earlier frame is the
+        # same with or without the final zero padding; only the look-ahead tokens' own frames go.
+        return mu[:, :, : mu.shape[2] - self.cfg.pre_lookahead_len * self.cfg.token_mel_ratio]
+
+    def estimate(self, x, mask, mu, t, spks, cond, streaming: bool) -> np.ndarray:
+        feeds = {name: np.ascontiguousarray(value, dtype=np.float32)
+                 for name, value in (("x", x), ("mask", mask), ("mu", mu), ("t", t), ("spks", spks), ("cond", cond))}
+        feeds["streaming"] = np.array([bool(streaming)])
+        return self.estimator.run(["velocity"], feeds)[0]

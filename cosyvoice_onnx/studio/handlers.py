@@ -1,0 +1,351 @@
+"""What the synthesis, voice and history buttons do, as plain methods: no UI code, callable from tests."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import functools
+import hashlib
+import inspect
+import random
+import threading
+import time
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+
+import gradio as gr
+import numpy as np
+
+from ..engine import MAX_TEXT_CHARS
+from ..errors import CosyVoiceError, InputError
+from ..voices import VoiceStore, validate_name
+from .history import History
+from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output
+from .settings import StudioSettings, check_model_folder
+from .state import EngineCache
+
+MAX_SEED = 2**31 - 1
+PROMPT_CACHE_SIZE = 8
+HISTORY_COLUMNS = ["id", "created", "mode", "seconds", "text", "backend", "seed", "voice"]
+
+
+def user_errors(fn):
+    """Engine errors become gr.Error with the engine's own message; the server keeps serving."""
+    def convert(exc: CosyVoiceError) -> gr.Error:
+        return gr.Error(str(exc), print_exception=False)
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def generator(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except CosyVoiceError as exc:
+                raise convert(exc) from exc
+        return generator
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CosyVoiceError as exc:
+            raise convert(exc) from exc
+    return call
+
+
+def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> str:
+    """The engine's backend string from the three selectors; a per-stage spec wins when given."""
+    if stages and stages.strip():
+        return stages.strip()
+    backend = (backend or "torch").strip()
+    return backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}"
+
+
+def check_text(text: str) -> str:
+    """The engine's own text checks, made before a model is loaded for a request that cannot succeed."""
+    if not text or not text.strip():
+        raise InputError("the text to speak is empty")
+    if len(text) > MAX_TEXT_CHARS:
+        raise InputError(f"the text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}. Split it into parts.")
+    return text
+
+
+def random_seed() -> int:
+    return random.randint(0, MAX_SEED)
+
+
+def _progress_callback(progress):
+    def report(done: int, total: int) -> None:
+        progress((done, total), desc=f"sentence {done} of {total}", unit="sentences")
+    return report
+
+
+class Studio:
+    """The loaded-engine cache, the saved voices and the history, behind one object per running app."""
+
+    def __init__(self, settings: StudioSettings, cache: EngineCache | None = None):
+        self.settings = settings
+        self.cache = cache or EngineCache()
+        self.history = History(settings.history_dir)
+        settings.voices_dir.mkdir(parents=True, exist_ok=True)
+        self.stream_player = ffmpeg_available() if settings.stream_player is None else settings.stream_player
+        self._prompts: OrderedDict[tuple[str, str], object] = OrderedDict()
+        self._prompts_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ shared steps
+
+    def model_folder(self, model_dir: str | None) -> Path:
+        text = model_dir if model_dir and model_dir.strip() else (str(self.settings.model_dir or ""))
+        return check_model_folder(text, self.settings)
+
+    def _checked(self, model_dir: str, text: str, seed) -> tuple[Path, str, int]:
+        """The request's model folder, text and seed, checked before any model is loaded."""
+        return self.model_folder(model_dir), check_text(text), int(seed)
+
+    def _voice(self, engine, audio_path, saved_voice: str, transcript: str, what: str = "prompt audio"):
+        """(PromptFeatures with `transcript`, label): a saved voice when one is named, else the uploaded clip."""
+        transcript = transcript or ""
+        if saved_voice:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                voice = engine.voice_store(self.settings.voices_dir).load(saved_voice)
+            for warning in caught:
+                gr.Warning(str(warning.message))
+            return dataclasses.replace(voice, transcript=transcript), saved_voice
+        data = read_upload(audio_path, what)
+        if data is None:
+            raise InputError(f"no {what}: upload or record a 3–10 s clip of the voice, or pick a saved voice")
+        key = (str(engine.files.root), hashlib.sha256(data).hexdigest())
+        with self._prompts_lock:
+            voice = self._prompts.get(key)
+        if voice is None:
+            voice = engine.prompt_from_audio(data, transcript)
+            with self._prompts_lock:
+                self._prompts[key] = voice
+                while len(self._prompts) > PROMPT_CACHE_SIZE:
+                    self._prompts.popitem(last=False)
+        warning = prompt_length_warning(voice.meta.get("seconds"))
+        if warning:
+            gr.Warning(warning)
+        label = f"uploaded clip ({voice.meta.get('seconds', 0):.1f} s)"
+        return dataclasses.replace(voice, transcript=transcript), label
+
+    def _synthesize(self, engine, text: str, progress, **options):
+        start = time.perf_counter()
+        audio, info = engine.synthesize(text, on_progress=_progress_callback(progress), check_tags=True,
+                                        return_info=True, **options)
+        if audio.size == 0:
+            raise InputError("the model produced no speech for this text; try another seed or text")
+        return audio, info, time.perf_counter() - start
+
+    def _keep(self, audio, rate, mode: str, text: str, spec: str, seed: int, voice: str, extra: str = ""):
+        return self.history.add(audio, rate, mode=mode, text=text, backend=spec, seed=seed, voice=voice, extra=extra)
+
+    @staticmethod
+    def _summary(mode: str, seconds: float, elapsed: float, spec: str, seed: int, voice: str, info=None,
+                 extra: str = "") -> str:
+        lines = [f"**{mode}** · {seconds:.2f} s of audio in {elapsed:.2f} s (RTF {elapsed / max(seconds, 1e-9):.2f})",
+                 f"backend `{spec}` · seed {seed} · voice: {voice}"]
+        if info is not None and len(info.segments) > 1:
+            lines.append(f"{len(info.segments)} sentences, {sum(info.tokens)} speech tokens, joins: {info.join}")
+        if extra:
+            lines.append(extra)
+        return "  \n".join(lines)
+
+    # ------------------------------------------------------------------ synthesis endpoints
+
+    @user_errors
+    def zero_shot(self, text: str, prompt_audio: str | None = None, transcript: str = "", saved_voice: str = "",
+                  seed: int = 0, speed: float = 1.0, stream: bool = False, join: str = "none", join_ms: float = 40,
+                  backend: str = "torch", precision: str = "fp32", stages: str = "", model_dir: str = "",
+                  progress=gr.Progress()):
+        """Yields (live chunk or None, finished clip or None, summary); streaming fills the live player first."""
+        model, text, seed = self._checked(model_dir, text, seed)
+        spec = backend_spec(backend, precision, stages)
+        progress(0, desc="loading the model")
+        with self.cache.use(model, spec) as engine:
+            voice, label = self._voice(engine, prompt_audio, saved_voice, transcript)
+            mode = "zero-shot" if transcript.strip() else "cross-lingual"
+            if not stream:
+                audio, info, elapsed = self._synthesize(engine, text, progress, voice=voice, prompt_text=transcript,
+                                                        seed=seed, speed=float(speed), join=join,
+                                                        join_ms=float(join_ms))
+                self._keep(audio, engine.sample_rate, mode, text, spec, seed, label)
+                yield None, to_output(audio, engine.sample_rate), self._summary(
+                    mode, len(audio) / engine.sample_rate, elapsed, spec, seed, label, info)
+                return
+            start, first, chunks = time.perf_counter(), None, []
+            # speed goes along so that the engine refuses a speed change while streaming, as the official model does.
+            for chunk in engine.synthesize(text, voice=voice, prompt_text=transcript, seed=seed, stream=True,
+                                           speed=float(speed), join=join, join_ms=float(join_ms), check_tags=True,
+                                           on_progress=_progress_callback(progress)):
+                first = first if first is not None else time.perf_counter() - start
+                chunks.append(chunk)
+                # Without ffmpeg the live player cannot take chunks, so it gets the clip so far instead.
+                live = chunk if self.stream_player else np.concatenate(chunks)
+                status = f"streaming: chunk {len(chunks)}, first audio after {first:.2f} s"
+                yield to_output(live, engine.sample_rate), None, status
+            if not chunks:
+                raise InputError("the model produced no speech for this text; try another seed or text")
+            audio = np.concatenate(chunks)
+            self._keep(audio, engine.sample_rate, mode + " (stream)", text, spec, seed, label)
+            yield None, to_output(audio, engine.sample_rate), self._summary(
+                mode + " (streamed)", len(audio) / engine.sample_rate, time.perf_counter() - start, spec, seed,
+                label, extra=f"{len(chunks)} chunks, first audio after {first:.2f} s")
+
+    @user_errors
+    def instruct(self, text: str, instruction: str, prompt_audio: str | None = None, saved_voice: str = "",
+                 seed: int = 0, join: str = "none", join_ms: float = 40, backend: str = "torch",
+                 precision: str = "fp32", stages: str = "", model_dir: str = "", progress=gr.Progress()):
+        model, text, seed = self._checked(model_dir, text, seed)
+        spec = backend_spec(backend, precision, stages)
+        if not (instruction or "").strip():
+            raise InputError("the instruction is empty: describe how to speak, or pick a preset")
+        progress(0, desc="loading the model")
+        with self.cache.use(model, spec) as engine:
+            voice, label = self._voice(engine, prompt_audio, saved_voice, "")
+            audio, info, elapsed = self._synthesize(engine, text, progress, voice=voice, instruct=instruction,
+                                                    seed=seed, join=join, join_ms=float(join_ms))
+            self._keep(audio, engine.sample_rate, "instruct", text, spec, seed, label, extra=instruction)
+            return to_output(audio, engine.sample_rate), self._summary(
+                "instruct", len(audio) / engine.sample_rate, elapsed, spec, seed, label, info,
+                extra=f"instruction: {instruction}")
+
+    @user_errors
+    def mix(self, text: str, prompt_audio: str | None = None, transcript: str = "", saved_voice: str = "",
+            emotion_audio: str | None = None, emotion_transcript: str = "", emotion_voice: str = "",
+            weight: float = 0.5, seed: int = 0, backend: str = "torch", precision: str = "fp32", stages: str = "",
+            model_dir: str = "", progress=gr.Progress()):
+        model, text, seed = self._checked(model_dir, text, seed)
+        spec = backend_spec(backend, precision, stages)
+        weight = float(weight)
+        if not 0.0 <= weight <= 1.0:
+            raise InputError(f"the emotion weight {weight} is outside 0 .. 1")
+        progress(0, desc="loading the model")
+        with self.cache.use(model, spec) as engine:
+            timbre, timbre_label = self._voice(engine, prompt_audio, saved_voice, transcript)
+            emotion, emotion_label = self._voice(engine, emotion_audio, emotion_voice, emotion_transcript,
+                                                 what="emotion clip")
+            audio, info, elapsed = self._synthesize(engine, text, progress, timbre=timbre, emotion=emotion,
+                                                    mix=weight, prompt_text=transcript, seed=seed)
+            label = f"timbre: {timbre_label}; emotion: {emotion_label}"
+            self._keep(audio, engine.sample_rate, "mix", text, spec, seed, label, extra=f"weight {weight:.2f}")
+            return to_output(audio, engine.sample_rate), self._summary(
+                "emotion/timbre mix", len(audio) / engine.sample_rate, elapsed, spec, seed, label, info,
+                extra=f"emotion weight {weight:.2f}")
+
+    @user_errors
+    def duration(self, text: str, prompt_audio: str | None = None, transcript: str = "", saved_voice: str = "",
+                 target: str = "seconds", seconds: float = 5.0, speed: float = 1.0, method: str = "tokens",
+                 seed: int = 0, backend: str = "torch", precision: str = "fp32", stages: str = "",
+                 model_dir: str = "", progress=gr.Progress()):
+        model, text, seed = self._checked(model_dir, text, seed)
+        spec = backend_spec(backend, precision, stages)
+        if target not in ("seconds", "speed"):
+            raise InputError("target must be 'seconds' (exact length) or 'speed' (a speed ratio)")
+        control = ({"duration": float(seconds), "duration_method": method} if target == "seconds"
+                   else {"speed": float(speed)})
+        progress(0, desc="loading the model")
+        with self.cache.use(model, spec) as engine:
+            voice, label = self._voice(engine, prompt_audio, saved_voice, transcript)
+            audio, info, elapsed = self._synthesize(engine, text, progress, voice=voice, prompt_text=transcript,
+                                                    seed=seed, **control)
+            achieved = len(audio) / engine.sample_rate
+            asked = (f"target {float(seconds):.2f} s ({method})" if target == "seconds"
+                     else f"speed ×{float(speed):.2f}")
+            outcome = f"{asked} → achieved **{achieved:.3f} s** (natural length ≈ {info.estimated_seconds:.2f} s)"
+            self._keep(audio, engine.sample_rate, "duration", text, spec, seed, label, extra=asked)
+            return to_output(audio, engine.sample_rate), achieved, self._summary(
+                "duration", achieved, elapsed, spec, seed, label, info, extra=outcome)
+
+    @user_errors
+    def ab(self, text: str, prompt_audio: str | None = None, transcript: str = "", saved_voice: str = "",
+           seed: int = 0, backend_a: str = "torch", backend_b: str = "onnx", parity: bool = True,
+           model_dir: str = "", progress=gr.Progress()):
+        """The same request on two backends from the same seed, plus stage-by-stage parity figures."""
+        model, text, seed = self._checked(model_dir, text, seed)
+        specs = [(backend_a or "torch").strip(), (backend_b or "torch").strip()]
+        progress(0, desc=f"loading {specs[0]} and {specs[1]}")
+        entries = [self.cache.get(model, spec) for spec in specs]
+        locks = list({id(lock): lock for _, lock in entries}.values())
+        with contextlib.ExitStack() as held:
+            for lock in sorted(locks, key=id):  # one global order, so two A/B requests cannot deadlock
+                held.enter_context(lock)
+            engine_a, engine_b = entries[0][0], entries[1][0]
+            voice, label = self._voice(engine_a, prompt_audio, saved_voice, transcript)
+            outputs, rows = [], []
+            for side, spec, engine in (("A", specs[0], engine_a), ("B", specs[1], engine_b)):
+                progress((0, 2 if parity else 1), desc=f"{side}: {spec}")
+                audio, _, elapsed = self._synthesize(engine, text, lambda *a, **k: None, voice=voice,
+                                                     prompt_text=transcript, seed=seed)
+                seconds = len(audio) / engine.sample_rate
+                self._keep(audio, engine.sample_rate, f"A/B {side}", text, spec, seed, label)
+                outputs.append(to_output(audio, engine.sample_rate))
+                rows.append(f"| {side} | `{spec}` | {seconds:.2f} s | {elapsed:.2f} s | {elapsed / seconds:.2f} |")
+            report = "\n".join(["| | backend | audio | synth time | RTF |", "|---|---|---|---|---|", *rows])
+            if parity:
+                progress((1, 2), desc="parity, stage by stage")
+                report += "\n\n" + self._parity(engine_a, engine_b, voice, text, seed)
+        return outputs[0], outputs[1], report
+
+    @staticmethod
+    def _parity(engine_a, engine_b, voice, text: str, seed: int) -> str:
+        from ..parity import compare_engines, format_report
+
+        report = compare_engines(engine_a, engine_b, voice, text=text, seed=seed)
+        return ("Parity, A as reference (same seed, tokens, noise and prompt; per-stage times in seconds):\n\n"
+                f"```\n{format_report(report)}\n```")
+
+    # ------------------------------------------------------------------ saved voices
+
+    def voice_names(self) -> list[str]:
+        return VoiceStore(self.settings.voices_dir).names()
+
+    @user_errors
+    def save_voice(self, name: str, prompt_audio: str | None = None, transcript: str = "", backend: str = "torch",
+                   precision: str = "fp32", stages: str = "", model_dir: str = "", overwrite: bool = False) -> str:
+        name = validate_name((name or "").strip())
+        model, spec = self.model_folder(model_dir), backend_spec(backend, precision, stages)
+        if not prompt_audio:
+            raise InputError("no prompt audio to save: upload or record a clip first")
+        with self.cache.use(model, spec) as engine:
+            voice, _ = self._voice(engine, prompt_audio, "", transcript)
+            engine.voice_store(self.settings.voices_dir).save(name, voice, overwrite=bool(overwrite))
+        kind = "with transcript" if transcript.strip() else "no transcript: cross-lingual"
+        return f"saved voice **{name}** ({voice.meta.get('seconds', 0):.1f} s, {kind})"
+
+    @user_errors
+    def voice_transcript(self, name: str) -> str:
+        if not name:
+            return ""
+        return VoiceStore(self.settings.voices_dir).load(name).transcript
+
+    @user_errors
+    def delete_voice(self, name: str) -> str:
+        if not name:
+            raise InputError("pick a saved voice to delete")
+        VoiceStore(self.settings.voices_dir).delete(name)
+        return f"deleted voice **{name}**"
+
+    # ------------------------------------------------------------------ history
+
+    def history_rows(self) -> list[list]:
+        return [[c.id, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(c.created)), c.mode, c.seconds, c.text,
+                 c.backend, c.seed, c.voice] for c in self.history.clips()]
+
+    @user_errors
+    def history_clip(self, clip_id: str) -> tuple[str | None, str | None]:
+        """(player path, download path) of one clip; only ids listed in the history are served."""
+        if not (clip_id or "").strip():
+            return None, None
+        clip = self.history.get(clip_id.strip())
+        if clip is None:
+            raise InputError(f"no clip {clip_id!r} in the history")
+        path = str(self.history.wav_path(clip.id))
+        return path, path
+
+    @user_errors
+    def delete_clip(self, clip_id: str) -> str:
+        if not self.history.delete((clip_id or "").strip()):
+            raise InputError(f"no clip {clip_id!r} in the history")
+        return f"deleted {clip_id}"

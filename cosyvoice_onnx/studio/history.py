@@ -1,0 +1,84 @@
+"""Generated clips on disk (WAV + JSON side file), listed newest first, kept across restarts."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import write_wav
+
+DEFAULT_KEEP = 200
+
+
+@dataclass
+class Clip:
+    id: str
+    created: float
+    mode: str
+    text: str
+    seconds: float
+    backend: str
+    seed: int
+    voice: str = ""
+    extra: str = ""
+
+
+class History:
+    """One folder; a clip is `<id>.wav` plus `<id>.json`. Only ids this class made are ever opened."""
+
+    def __init__(self, root: Path, keep: int = DEFAULT_KEEP):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.keep = keep
+        self._lock = threading.Lock()
+
+    def add(self, audio: np.ndarray, rate: int, *, mode: str, text: str, backend: str, seed: int,
+            voice: str = "", extra: str = "") -> Clip:
+        created = time.time()
+        # Time first so names sort by age; the random part keeps two clips in one second apart.
+        clip_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(created)) + "-" + secrets.token_hex(3)
+        clip = Clip(clip_id, created, mode, text, round(len(audio) / rate, 3), backend, int(seed), voice, extra)
+        with self._lock:
+            write_wav(self.root / f"{clip_id}.wav", audio, rate)
+            tmp = self.root / f"{clip_id}.json.tmp"
+            tmp.write_text(json.dumps(asdict(clip), ensure_ascii=False), encoding="utf-8")
+            tmp.replace(self.root / f"{clip_id}.json")
+            self._prune()
+        return clip
+
+    def clips(self) -> list[Clip]:
+        out = []
+        for meta in self.root.glob("*.json"):
+            try:
+                clip = Clip(**json.loads(meta.read_text(encoding="utf-8")))
+            except (OSError, ValueError, TypeError):
+                continue  # a foreign or damaged file is skipped, never fatal
+            if clip.id == meta.stem and self.wav_path(clip.id).exists():
+                out.append(clip)
+        return sorted(out, key=lambda c: c.created, reverse=True)
+
+    def wav_path(self, clip_id: str) -> Path:
+        return self.root / f"{Path(clip_id).name}.wav"
+
+    def get(self, clip_id: str) -> Clip | None:
+        return next((c for c in self.clips() if c.id == clip_id), None)
+
+    def delete(self, clip_id: str) -> bool:
+        clip = self.get(clip_id)
+        if clip is None:
+            return False
+        with self._lock:
+            self.wav_path(clip.id).unlink(missing_ok=True)
+            (self.root / f"{clip.id}.json").unlink(missing_ok=True)
+        return True
+
+    def _prune(self) -> None:
+        for clip in self.clips()[self.keep:]:
+            self.wav_path(clip.id).unlink(missing_ok=True)
+            (self.root / f"{clip.id}.json").unlink(missing_ok=True)

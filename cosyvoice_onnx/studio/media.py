@@ -1,0 +1,46 @@
+"""Audio between the engine and Gradio: uploads in as bytes, results out as (24000, int16)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ..audio import to_int16
+from ..errors import InputError
+
+MAX_UPLOAD_BYTES = 50 << 20       # a 30 s prompt is at most ~12 MB even as 48 kHz stereo float WAV
+RECOMMENDED_PROMPT_SECONDS = (3.0, 10.0)
+
+
+def read_upload(path: str | None, what: str = "prompt audio") -> bytes | None:
+    """The uploaded file's bytes (decoded later by soundfile); None when nothing was uploaded."""
+    if not path:
+        return None
+    file = Path(path)
+    if not file.is_file():
+        raise InputError(f"the {what} upload is missing on the server; upload it again")
+    size = file.stat().st_size
+    if size > MAX_UPLOAD_BYTES:
+        raise InputError(f"the {what} file is {size / 1e6:.0f} MB; at most {MAX_UPLOAD_BYTES >> 20} MB is accepted")
+    # Bytes, not the path: error messages then say "the uploaded audio" instead of a temp-file name.
+    return file.read_bytes()
+
+
+def to_output(audio: np.ndarray, rate: int) -> tuple[int, np.ndarray]:
+    """int16, because Gradio peak-normalises float arrays and the studio must play what the model made."""
+    return rate, to_int16(np.asarray(audio, dtype=np.float32).reshape(-1))
+
+
+def ffmpeg_available() -> bool:
+    """Gradio's streaming audio player encodes chunks with ffmpeg."""
+    return shutil.which("ffmpeg") is not None
+
+
+def prompt_length_warning(seconds: float | None) -> str | None:
+    low, high = RECOMMENDED_PROMPT_SECONDS
+    if seconds is None or low <= seconds <= high:
+        return None
+    return (f"the prompt clip is {seconds:.1f} s; {low:g}–{high:g} s of clean speech clones best"
+            + (" (longer clips slow every request)" if seconds > high else ""))

@@ -1,0 +1,65 @@
+"""Loaded engines, cached per (model folder, backend spec), so switching back and forth does not reload."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..backends import parse_backend
+
+
+def backend_key(spec: str) -> str:
+    """A canonical spelling, so `onnx:int8` and `lm=onnx:int8,flow=onnx,vocoder=onnx` share one engine."""
+    choices = parse_backend(spec)
+    return ",".join(f"{stage}={choice}" for stage, choice in choices.items())
+
+
+class EngineCache:
+    """At most `capacity` engines (A/B needs two); the least recently used one is dropped first.
+
+    `use()` also serialises work per engine: a CosyVoice object keeps per-request state in its stages.
+    """
+
+    def __init__(self, capacity: int = 2, loader=None):
+        self.capacity = capacity
+        self._loader = loader or _load_engine
+        self._engines: OrderedDict[tuple[str, str], tuple[object, threading.Lock]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, model_dir: Path, backend: str):
+        key = (str(Path(model_dir).resolve()), backend_key(backend))
+        with self._lock:
+            if key in self._engines:
+                self._engines.move_to_end(key)
+                return self._engines[key]
+            # Loading under the lock: two requests for a new engine must not load it twice (GBs of weights).
+            entry = (self._loader(key[0], backend), threading.Lock())
+            self._engines[key] = entry
+            while len(self._engines) > self.capacity:
+                self._engines.popitem(last=False)
+            return entry
+
+    @contextmanager
+    def use(self, model_dir: Path, backend: str):
+        engine, lock = self.get(model_dir, backend)
+        with lock:
+            yield engine
+
+    def loaded(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._engines)
+
+    def forget(self, model_dir: Path) -> None:
+        """Drops every engine of a folder (after an export replaced its ONNX files)."""
+        root = str(Path(model_dir).resolve())
+        with self._lock:
+            for key in [k for k in self._engines if k[0] == root]:
+                del self._engines[key]
+
+
+def _load_engine(model_dir: str, backend: str):
+    from ..engine import CosyVoice
+
+    return CosyVoice(model_dir, backend=backend)

@@ -1,0 +1,33 @@
+"""History tab: every generated clip, newest first, with a player and a download; kept across restarts."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..handlers import HISTORY_COLUMNS, Studio
+from .common import PRIVATE
+
+
+def build(studio: Studio):
+    gr.Markdown(f"Clips are kept in `{studio.history.root}` (the newest {studio.history.keep}). "
+                "Click a row to play or download it.")
+    refresh = gr.Button("Refresh", size="sm")
+    table = gr.Dataframe(value=[], headers=HISTORY_COLUMNS, interactive=False, wrap=True,
+                         max_height=360, elem_id="history-table")
+    with gr.Row():
+        clip_id = gr.Textbox(label="Clip id", max_lines=1, scale=2)
+        delete = gr.Button("Delete clip", variant="stop", size="sm", scale=0)
+    with gr.Row():
+        player = gr.Audio(label="Clip", type="filepath", interactive=False)
+        download = gr.File(label="Download", interactive=False)
+    refresh.click(studio.history_rows, None, table, api_name="history")
+    table.select(_row_id, None, clip_id, **PRIVATE)
+    clip_id.change(studio.history_clip, clip_id, [player, download], api_name="history_clip")
+    delete.click(studio.delete_clip, clip_id, None, api_name="delete_clip").then(
+        studio.history_rows, None, table, **PRIVATE)
+    return table
+
+
+def _row_id(event: gr.SelectData) -> str:
+    row = event.row_value or []
+    return str(row[0]) if row else gr.skip()

@@ -1,0 +1,228 @@
+"""ONNX export of the flow: encoder and estimator graphs against the PyTorch module, and the full token-to-mel run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from cosyvoice_onnx.config import FlowConfig, ModelConfig
+from cosyvoice_onnx.errors import ExportError, InputError
+from cosyvoice_onnx.export.flow import export_flow
+from cosyvoice_onnx.flow_solver import token_to_mel
+from cosyvoice_onnx.onnx_backend.flow import OnnxFlow
+from cosyvoice_onnx.torch_backend.flow import CausalFlow, TorchFlow, flow_noise_buffer_torch
+
+# The tiny model's flow dimensions (cosyvoice_onnx.tiny), with a short chunk so T=120 spans three chunks.
+TINY = FlowConfig(pre_lookahead_channels=64, dit_dim=64, dit_depth=2, dit_heads=4, dit_dim_head=16,
+                  static_chunk_size=50)
+CFG = ModelConfig(version=3, yaml_name="cosyvoice3.yaml", speech_tokenizer_file="speech_tokenizer_v3.onnx", flow=TINY)
+
+
+@pytest.fixture(scope="module")
+def flow() -> CausalFlow:
+    torch.manual_seed(0)
+    return CausalFlow(TINY).eval()
+
+
+@pytest.fixture(scope="module")
+def export_dir(flow, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flow_export")
+    written = export_flow(flow, CFG, out, precision="fp16")
+    assert [p.name for p in written] == ["flow_encoder.onnx", "flow_estimator.onnx", "flow_estimator.fp16.onnx"]
+    return out
+
+
+@pytest.fixture(scope="module")
+def onnx_flow(export_dir) -> OnnxFlow:
+    return OnnxFlow(export_dir, CFG, "fp32", threads=1)
+
+
+def estimator_inputs(seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Batch of two with different t per row and the last 9 frames of row 1 padded out."""
+    rng = np.random.default_rng(seed)
+    x, mu, cond = (rng.standard_normal((2, 80, seq_len)).astype(np.float32) for _ in range(3))
+    mask = np.ones((2, 1, seq_len), dtype=np.float32)
+    mask[1, :, -9:] = 0.0
+    return dict(x=x, mask=mask, mu=mu, t=np.array([0.31, 0.77], dtype=np.float32),
+                spks=rng.standard_normal((2, 80)).astype(np.float32), cond=cond)
+
+
+# --------------------------------------------------------------------------- graphs
+
+
+def test_graphs_have_the_contracted_interface(export_dir):
+    for name in ("flow_encoder.onnx", "flow_estimator.onnx", "flow_estimator.fp16.onnx"):
+        model = onnx.load(str(export_dir / name))
+        assert model.ir_version <= 10
+        onnx.checker.check_model(model)
+    encoder = onnx.load(str(export_dir / "flow_encoder.onnx")).graph
+    assert [i.name for i in encoder.input] == ["tokens", "embedding"]
+    assert [o.name for o in encoder.output] == ["mu", "spks"]
+    estimator = onnx.load(str(export_dir / "flow_estimator.onnx")).graph
+    dims = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in estimator.input}
+    assert dims == {"x": [2, 80, "seq_len"], "mask": [2, 1, "seq_len"], "mu": [2, 80, "seq_len"], "t": [2],
+                    "spks": [2, 80], "cond": [2, 80, "seq_len"], "streaming": [1]}
+    assert [o.name for o in estimator.output] == ["velocity"]
+
+
+@pytest.mark.parametrize("seq_len", [37, 120])
+@pytest.mark.parametrize("streaming", [False, True])
+def test_estimator_matches_torch(flow, onnx_flow, seq_len, streaming):
+    inputs = estimator_inputs(seq_len)
+    with torch.no_grad():
+        expected = flow.estimator(*(torch.from_numpy(v) for v in inputs.values()), streaming=streaming).numpy()
+    got = onnx_flow.estimate(**inputs, streaming=streaming)
+    assert got.shape == (2, 80, seq_len)
+    assert np.abs(got - expected).max() <= 1e-4
+
+
+def test_streaming_switch_changes_only_what_chunks_change(onnx_flow):
+    # Inside the first chunk nothing can see a later chunk, so both masks agree there; later frames differ.
+    inputs = estimator_inputs(120)
+    full = onnx_flow.estimate(**inputs, streaming=False)
+    chunked = onnx_flow.estimate(**inputs, streaming=True)
+    assert np.abs(full - chunked)[:, :, 50:].max() > 1e-3
+    # One chunk or less: the chunk mask is the full mask.
+    short = estimator_inputs(50)
+    np.testing.assert_array_equal(onnx_flow.estimate(**short, streaming=True),
+                                  onnx_flow.estimate(**short, streaming=False))
+
+
+def test_chunked_frames_ignore_later_frames(onnx_flow):
+    # Causality of the streaming mask in the graph: changing frames >= 100 leaves frames < 100 untouched.
+    inputs = estimator_inputs(150)
+    changed = {k: v.copy() for k, v in inputs.items()}
+    changed["x"][:, :, 100:] += 1.0
+    a = onnx_flow.estimate(**inputs, streaming=True)
+    b = onnx_flow.estimate(**changed, streaming=True)
+    assert np.abs(a - b)[:, :, :100].max() <= 1e-5
+    assert np.abs(a - b)[:, :, 100:].max() > 1e-3
+
+
+@pytest.mark.parametrize("n_tokens", [4, 13, 40])
+def test_encoder_matches_torch(flow, onnx_flow, n_tokens):
+    tokens = np.random.default_rng(n_tokens).integers(0, TINY.vocab_size, (1, n_tokens))
+    for finalize in (True, False):
+        with torch.no_grad():
+            expected = flow.encode_tokens(torch.from_numpy(tokens), finalize).numpy()
+        got = onnx_flow.encode_tokens(tokens, finalize)
+        assert got.shape == expected.shape == (1, 80, 2 * (n_tokens - (0 if finalize else 3)))
+        assert np.abs(got - expected).max() <= 1e-5
+
+
+def test_nonfinal_encoding_is_the_final_one_without_lookahead_frames(flow):
+    # Why OnnxFlow slices instead of shipping a second graph: the look-ahead conv reaches 3 tokens right only.
+    tokens = torch.from_numpy(np.random.default_rng(1).integers(0, TINY.vocab_size, (1, 30)))
+    with torch.no_grad():
+        final = flow.encode_tokens(tokens, True)
+        partial = flow.encode_tokens(tokens, False)
+    assert np.abs((final[:, :, :-6] - partial).numpy()).max() <= 1e-6
+
+
+def test_nonfinal_encoding_needs_more_than_the_lookahead(onnx_flow):
+    with pytest.raises(InputError):
+        onnx_flow.encode_tokens(np.zeros((1, 3), dtype=np.int64), finalize=False)
+
+
+def test_speaker_embedding_matches_torch(flow, onnx_flow):
+    embedding = np.random.default_rng(2).standard_normal((1, 192)).astype(np.float32) * 5
+    with torch.no_grad():
+        expected = flow.embed_speaker(torch.from_numpy(embedding)).numpy()
+    assert np.abs(onnx_flow.embed_speaker(embedding) - expected).max() <= 1e-5
+
+
+# --------------------------------------------------------------------------- full run
+
+
+@pytest.mark.parametrize("streaming,finalize", [(True, False), (True, True), (False, True)])
+def test_token_to_mel_matches_torch(flow, onnx_flow, streaming, finalize):
+    rng = np.random.default_rng(3)
+    prompt_tokens = rng.integers(0, TINY.vocab_size, (1, 20))
+    tokens = rng.integers(0, TINY.vocab_size, (1, 45))
+    prompt_feat = rng.standard_normal((1, 40, 80)).astype(np.float32)
+    embedding = rng.standard_normal((1, 192)).astype(np.float32)
+    noise = flow_noise_buffer_torch().numpy()
+    args = (tokens, prompt_tokens, prompt_feat, embedding, noise, streaming, finalize, TINY)
+    expected = token_to_mel(TorchFlow(flow), *args)
+    got = token_to_mel(onnx_flow, *args)
+    assert got.shape == expected.shape == (1, 80, 2 * (45 - (0 if finalize else 3)))
+    assert np.abs(got - expected).max() <= 1e-3
+
+
+# --------------------------------------------------------------------------- precisions and files
+
+
+def test_fp16_estimator_keeps_fragile_ops_in_fp32(export_dir):
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(export_dir / "flow_estimator.fp16.onnx")))
+    types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input]}
+    producer = {out: node for node in model.graph.node for out in node.output}
+    fragile = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax", "Sin", "Cos")]
+    assert len(fragile) == 2 * 2 + 2 * TINY.dit_depth + 1 + TINY.dit_depth
+    assert all(types[node.input[0]] == onnx.TensorProto.FLOAT for node in fragile)
+    # No fp32 value makes an fp32 -> fp16 -> fp32 round trip (which would round the sinusoid arguments).
+    for node in model.graph.node:
+        inner = producer.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        if inner is not None and inner.op_type == "Cast":
+            assert types.get(inner.input[0]) != onnx.TensorProto.FLOAT, node.name
+    assert any(types.get(n.output[0]) == onnx.TensorProto.FLOAT16 for n in model.graph.node if n.op_type == "MatMul")
+
+
+def test_fp16_estimator_stays_close_to_fp32(export_dir, onnx_flow):
+    try:
+        half = OnnxFlow(export_dir, CFG, "fp16", threads=1)
+    except ExportError as exc:
+        pytest.skip(f"this onnxruntime CPU build cannot run the fp16 estimator: {exc}")
+    for seq_len, t in ((120, 0.2), (1100, 0.9)):
+        inputs = estimator_inputs(seq_len)
+        inputs["t"][:] = t
+        expected = onnx_flow.estimate(**inputs, streaming=True)
+        got = half.estimate(**inputs, streaming=True)
+        assert got.dtype == np.float32 and np.isfinite(got).all()
+        # Measured 0.05% of the range; rounding t and the angles to fp16 as the bare converter does gives 0.4%.
+        assert np.abs(got - expected).max() <= 0.002 * np.abs(expected).max()
+
+
+def test_int8_uses_the_fp32_flow_and_unknown_precisions_fail(flow, export_dir, tmp_path):
+    assert OnnxFlow(export_dir, CFG, "int8", threads=1).estimator is not None
+    with pytest.raises(ValueError):
+        OnnxFlow(export_dir, CFG, "bf16")
+    with pytest.raises(ValueError):
+        export_flow(flow, CFG, tmp_path, "bf16")
+
+
+def test_missing_or_mismatched_export_is_reported(export_dir, tmp_path):
+    with pytest.raises(ExportError, match="flow_encoder.onnx"):
+        OnnxFlow(tmp_path, CFG)
+    other = ModelConfig(version=3, yaml_name="cosyvoice3.yaml", speech_tokenizer_file="x",
+                        flow=FlowConfig(mel_dim=100))
+    with pytest.raises(ExportError, match="mel bins"):
+        OnnxFlow(export_dir, other)
+
+
+def test_runtime_never_imports_torch(export_dir):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None
+        import numpy as np
+        from cosyvoice_onnx.config import FlowConfig, ModelConfig
+        from cosyvoice_onnx.onnx_backend.flow import OnnxFlow
+        cfg = ModelConfig(version=3, yaml_name="y", speech_tokenizer_file="s", flow=FlowConfig())
+        stage = OnnxFlow({str(export_dir)!r}, cfg, threads=1)
+        mu = stage.encode_tokens(np.arange(10).reshape(1, 10), finalize=False)
+        spks = stage.embed_speaker(np.ones((1, 192), dtype=np.float32))
+        v = stage.estimate(np.zeros((2, 80, 14), np.float32), np.ones((2, 1, 14), np.float32),
+                           np.concatenate([mu, mu]), np.zeros(2, np.float32), np.concatenate([spks, spks]),
+                           np.zeros((2, 80, 14), np.float32), True)
+        print(mu.shape, v.shape)
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                            cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(1, 80, 14) (2, 80, 14)"

@@ -16,10 +16,18 @@ TINY = {
     "flow": dict(pre_lookahead_channels=64, dim=64, depth=2, heads=4, dim_head=16, ff_mult=2),
     "hift": dict(base_channels=32, cond_channels=32),
 }
+# The released Fun-CosyVoice3-0.5B dimensions, for benchmarks on random weights of the real size.
+REAL = {
+    "llm": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                intermediate_size=4864),
+    "flow": dict(pre_lookahead_channels=1024, dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2),
+    "hift": dict(base_channels=512, cond_channels=512),
+}
+SIZES = {"tiny": TINY, "real": REAL}
 
 
-def _qwen_config(vocab_size: int = 151936) -> dict:
-    c = TINY["llm"]
+def _qwen_config(dims: dict, vocab_size: int = 151936) -> dict:
+    c = dims["llm"]
     return {
         "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_act": "silu",
         "hidden_size": c["hidden_size"], "intermediate_size": c["intermediate_size"],
@@ -31,9 +39,9 @@ def _qwen_config(vocab_size: int = 151936) -> dict:
     }
 
 
-def cv3_yaml() -> str:
+def cv3_yaml(dims: dict = TINY) -> str:
     """The official cosyvoice3.yaml model sections, tiny dimensions, HyperPyYAML tags as in the release."""
-    f, h = TINY["flow"], TINY["hift"]
+    f, h = dims["flow"], dims["hift"]
     return f"""# Synthetic tiny Fun-CosyVoice3 model written by `cosyvoice-onnx make-tiny-model` (random weights).
 __set_seed1: !apply:random.seed [1986]
 __set_seed2: !apply:numpy.random.seed [1986]
@@ -41,8 +49,8 @@ __set_seed3: !apply:torch.manual_seed [1986]
 __set_seed4: !apply:torch.cuda.manual_seed_all [1986]
 
 sample_rate: 24000
-llm_input_size: {TINY['llm']['hidden_size']}
-llm_output_size: {TINY['llm']['hidden_size']}
+llm_input_size: {dims['llm']['hidden_size']}
+llm_output_size: {dims['llm']['hidden_size']}
 spk_embed_dim: 192
 qwen_pretrain_path: ''
 token_frame_rate: 25
@@ -234,8 +242,8 @@ def _shape_llm(lm, cfg, generator) -> None:
         lm.llm_decoder.weight[cfg.llm.eos, 0] = 0.015
 
 
-def make_tiny_model(out: str | Path, version: int = 3, seed: int = 0) -> Path:
-    """Writes a complete tiny model folder and returns its path."""
+def make_tiny_model(out: str | Path, version: int = 3, seed: int = 0, size: str = "tiny") -> Path:
+    """Writes a complete model folder with random weights (`size` tiny or real) and returns its path."""
     import torch
     from safetensors.torch import save_file
 
@@ -246,10 +254,11 @@ def make_tiny_model(out: str | Path, version: int = 3, seed: int = 0) -> Path:
         raise ValueError("only --version 3 is available so far")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "cosyvoice3.yaml").write_text(cv3_yaml(), encoding="utf-8")
+    dims = SIZES[size]
+    (out / "cosyvoice3.yaml").write_text(cv3_yaml(dims), encoding="utf-8")
     qwen = out / QWEN_DIR
     qwen.mkdir(exist_ok=True)
-    (qwen / "config.json").write_text(json.dumps(_qwen_config(), indent=2), encoding="utf-8")
+    (qwen / "config.json").write_text(json.dumps(_qwen_config(dims), indent=2), encoding="utf-8")
     write_tiny_tokenizer(qwen)
     cfg = load_config(out)
 

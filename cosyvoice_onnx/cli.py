@@ -19,6 +19,15 @@ def _cmd_make_tiny_model(args) -> int:
     return 0
 
 
+def _cmd_make_test_clip(args) -> int:
+    from .audio import write_wav
+    from .tiny import synthetic_voice
+
+    write_wav(args.out, synthetic_voice(args.seconds, 24000, seed=args.seed), 24000)
+    print(f"wrote {args.out}: {args.seconds:.1f} s synthetic voice-like clip (for trying the pipeline, not a real voice)")
+    return 0
+
+
 def _cmd_synth(args) -> int:
     import numpy as np
 
@@ -114,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--version", type=int, default=3, choices=[3])
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_make_tiny_model)
+
+    c = sub.add_parser("make-test-clip", help="write a synthetic voice-like prompt clip (WAV) for trying things out")
+    c.add_argument("out", type=Path)
+    c.add_argument("--seconds", type=float, default=4.0)
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=_cmd_make_test_clip)
 
     s = sub.add_parser("synth", help="synthesize speech in the voice of a prompt clip")
     s.add_argument("--model", required=True, type=Path, help="official model folder (e.g. Fun-CosyVoice3-0.5B-2512)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -178,11 +177,6 @@ class CosyVoice:
         if noise is None:
             return self.token2wav.vocode(mel, finalize)
         return self.stages.vocoder.vocode(mel, finalize, noise)
-
-    def timed(self, fn, *args, **kwargs):
-        start = time.perf_counter()
-        out = fn(*args, **kwargs)
-        return out, time.perf_counter() - start
 
 
 __all__ = ["CosyVoice", "MODES"]

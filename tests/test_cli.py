@@ -11,11 +11,13 @@ def run_cli(*args, cwd=None):
                           cwd=cwd, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
 
 
-def test_make_tiny_model_then_synth_both_modes(tmp_path, prompt_wav):
-    model = tmp_path / "tiny"
+def test_make_tiny_model_then_synth_both_modes(tmp_path):
+    model, prompt_wav = tmp_path / "tiny", tmp_path / "prompt.wav"
     made = run_cli("make-tiny-model", model, "--seed", "1")
     assert made.returncode == 0, made.stderr
     assert (model / "cosyvoice3.yaml").exists()
+    assert run_cli("make-test-clip", prompt_wav).returncode == 0
+    assert sf.info(str(prompt_wav)).duration == 4.0
     for extra, out in (([], tmp_path / "a.wav"), (["--stream"], tmp_path / "b.wav")):
         res = run_cli("synth", "--model", model, "--prompt-wav", prompt_wav, "--prompt-text", "a test clip",
                       "--text", "Hello there.", "--seed", "4", "--out", out, *extra)

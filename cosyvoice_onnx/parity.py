@@ -138,8 +138,10 @@ def quick_parity(model_dir, export_dir, precision: str, llm_variant: str = "base
 
 def format_report(report: dict) -> str:
     lm, fl, vo, e2e = report["lm"], report["flow"], report["vocoder"], report["end_to_end"]
+    ref_name, test_names = report["backends"]["ref"], report["backends"]["test"]
+    test_name = "/".join(sorted(set(test_names.values()))) if isinstance(test_names, dict) else str(test_names)
     rows = [
-        ("stage", "metric", "value", "torch s", "onnx s"),
+        ("stage", "metric", "value", f"{ref_name} s", f"{test_name} s"),
         ("LM", "logits max|mean abs diff", f"{lm['logits_max_abs_diff']:.2e} | {lm['logits_mean_abs_diff']:.2e}",
          f"{lm['time_ref_s']:.2f}", f"{lm['time_test_s']:.2f}"),
         ("LM", "greedy identical / agreement", f"{lm['greedy_identical']} / {lm['greedy_token_agreement']:.3f}", "", ""),

@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+from .bench import add_bench_command
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError
 
@@ -32,12 +33,14 @@ def _cmd_synth(args) -> int:
     import numpy as np
 
     from .audio import write_wav
+    from .config import detect_version
     from .engine import CosyVoice
     from .prompts import preset_instruction
 
     instruct = args.instruct
     if args.instruct_preset:
-        instruct = preset_instruction(args.instruct_preset)
+        # Presets differ per release; checked before the weights load so a typo fails fast.
+        instruct = preset_instruction(args.instruct_preset, detect_version(args.model))
     start = time.perf_counter()
     tts = CosyVoice(args.model, backend=args.backend, llm_variant=args.llm)
     loaded = time.perf_counter()
@@ -75,6 +78,7 @@ def _cmd_download(args) -> int:
 
 
 def _cmd_info(args) -> int:
+    from .config import flow_summary
     from .model_files import inspect_model_dir
 
     files = inspect_model_dir(args.model)
@@ -83,7 +87,7 @@ def _cmd_info(args) -> int:
     print(f"version: CosyVoice{cfg.version} ({cfg.yaml_name})")
     print(f"LM: hidden {cfg.llm.hidden_size}, {cfg.llm.num_layers} layers, {cfg.llm.num_heads} heads "
           f"({cfg.llm.num_kv_heads} KV), speech vocab {cfg.llm.speech_vocab_size}")
-    print(f"flow: DiT dim {cfg.flow.dit_dim}, depth {cfg.flow.dit_depth}, heads {cfg.flow.dit_heads}")
+    print(f"flow: {flow_summary(cfg.flow)}")
     print(f"vocoder: HiFT base {cfg.hift.base_channels}, upsample {cfg.hift.upsample_rates}")
     for name, path in {**files.checkpoints(), "campplus": files.campplus,
                        "speech tokenizer": files.speech_tokenizer}.items():
@@ -120,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("make-tiny-model", help="write a tiny synthetic model folder (official layout, random weights)")
     t.add_argument("out", type=Path)
-    t.add_argument("--version", type=int, default=3, choices=[3])
+    t.add_argument("--version", type=int, default=3, choices=[2, 3])
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_make_tiny_model)
 
@@ -180,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="check a model folder and print what it holds")
     i.add_argument("--model", required=True, type=Path)
     i.set_defaults(func=_cmd_info)
+    add_bench_command(sub)
     return p
 
 

@@ -14,8 +14,6 @@ import yaml
 
 from .errors import ModelFolderError
 
-# The yaml file whose presence selects the model version, checked in this order.
-VERSION_YAML = {3: "cosyvoice3.yaml", 2: "cosyvoice2.yaml"}
 QWEN_DIR = "CosyVoice-BlankEN"
 
 
@@ -192,6 +190,19 @@ class FlowConfig:
     inference_cfg_rate: float = 0.7
     t_scheduler: str = "cosine"
     noise_frames: int = 15000              # fixed seed-0 noise buffer length (300 s)
+    # "dit": CV3 (pre-lookahead conv + DiT); "conformer_unet": CV2 (conformer encoder + UNet), the fields below.
+    kind: str = "dit"
+    encoder_dim: int = 512                 # token embedding and conformer width (yaml input_size = output_size)
+    encoder_heads: int = 8
+    encoder_linear_units: int = 2048
+    encoder_num_blocks: int = 6
+    encoder_num_up_blocks: int = 4         # fixed in the official encoder, not a yaml key
+    encoder_chunk_size: int = 25           # token frames per streaming chunk (x token_mel_ratio after upsampling)
+    unet_channels: int = 256
+    unet_n_blocks: int = 4                 # transformer blocks after each resnet block
+    unet_num_mid_blocks: int = 12
+    unet_heads: int = 8
+    unet_head_dim: int = 64
 
 
 @dataclass
@@ -216,6 +227,9 @@ class HiFTConfig:
     conv_pre_look_right: int = 4
     f0_cond_channels: int = 512
     causal: bool = True
+    # NSF noise: "fixed_uniform" (CV3: one uniform buffer drawn at construction, replayed by noise.HiftNoise) or
+    # "random_normal" (CV2: fresh standard-normal noise on every call).
+    noise: str = "fixed_uniform"
     noise_seconds: int = 300               # fixed uniform noise buffer length (CV3)
 
     @property
@@ -245,6 +259,10 @@ class StreamingConfig:
     token_max_hop_len: int = 100
     stream_scale_factor: int = 2
     pre_lookahead_len: int = 3
+    # How the vocoder follows the chunks (token2wav.VOCODER_STREAMS): "accumulate" (CV3: the causal vocoder over
+    # all mel so far) or "cache_crossfade" (CV2: mel and source caches plus a Hamming cross-fade).
+    vocoder: str = "accumulate"
+    vocoder_cache_frames: int = 8          # CV2: mel frames carried into the next call (x hop = cross-fade samples)
 
 
 @dataclass
@@ -259,8 +277,97 @@ class ModelConfig:
     streaming: StreamingConfig = field(default_factory=StreamingConfig)
     # Every CV3 LLM input must contain <|endofprompt|>; CV2 does not require it.
     requires_endofprompt: bool = True
-    system_prompt: str = "You are a helpful assistant."
+    system_prompt: str | None = "You are a helpful assistant."  # CV2: none
     tokenizer_version: str = "cosyvoice3"
+
+
+@dataclass(frozen=True)
+class SpeechIdLayout:
+    """Where a release keeps its special speech-LM ids, relative to speech_token_size n (spec §3.2)."""
+
+    extra_rows: int                        # speech_embedding / llm_decoder rows beyond the n codes
+    eos_offset: int                        # eos = n + eos_offset
+    fill_offset: int                       # fill = n + fill_offset (bistream)
+    stop_count: int                        # stop ids are n .. n + stop_count - 1
+    sos_task_rows: tuple[int, int]         # rows of sos and task_id in their table
+    sos_task_in_speech_embedding: bool     # True: rows n + row of speech_embedding; False: rows of llm_embedding
+    decoder_bias: bool
+    silent_tokens: tuple[int, ...]         # emitted-token filter (empty: none)
+
+
+@dataclass(frozen=True)
+class Release:
+    """Everything that tells the two releases apart beyond the dimensions their yaml gives (spec §9)."""
+
+    yaml_name: str
+    speech_tokenizer_file: str
+    tokenizer_version: str                 # tokenizer.ADDED_TOKENS_BY_VERSION key
+    classes: tuple[str, str, str]          # official (llm, flow, hift) classes, checked like get_model_type
+    requires_endofprompt: bool
+    system_prompt: str | None
+    speech_ids: SpeechIdLayout
+    prompt_mel_fmax: float | None          # the released yaml's feat_extractor fmax (a folder's yaml overrides it)
+    flow_kind: str                         # FlowConfig.kind, which also picks the yaml reader
+    hift_causal: bool
+    hift_noise: str                        # HiFTConfig.noise
+    vocoder_streaming: str                 # StreamingConfig.vocoder
+    llm_variants: tuple[str, ...]          # model_files.LLM_VARIANTS the release ships
+
+
+RELEASES: dict[int, Release] = {
+    3: Release(
+        yaml_name="cosyvoice3.yaml", speech_tokenizer_file="speech_tokenizer_v3.onnx", tokenizer_version="cosyvoice3",
+        classes=("CosyVoice3LM", "CausalMaskedDiffWithDiT", "CausalHiFTGenerator"),
+        requires_endofprompt=True, system_prompt="You are a helpful assistant.",
+        speech_ids=SpeechIdLayout(extra_rows=200, eos_offset=1, fill_offset=3, stop_count=200, sos_task_rows=(0, 2),
+                                  sos_task_in_speech_embedding=True, decoder_bias=False,
+                                  silent_tokens=(1, 2, 28, 29, 55, 248, 494, 2241, 2242, 2322, 2323)),
+        prompt_mel_fmax=None, flow_kind="dit", hift_causal=True, hift_noise="fixed_uniform",
+        vocoder_streaming="accumulate", llm_variants=("base", "rl")),
+    2: Release(
+        yaml_name="cosyvoice2.yaml", speech_tokenizer_file="speech_tokenizer_v2.onnx", tokenizer_version="cosyvoice2",
+        classes=("Qwen2LM", "CausalMaskedDiffWithXvec", "HiFTGenerator"),
+        requires_endofprompt=False, system_prompt=None,
+        speech_ids=SpeechIdLayout(extra_rows=3, eos_offset=0, fill_offset=2, stop_count=3, sos_task_rows=(0, 1),
+                                  sos_task_in_speech_embedding=False, decoder_bias=True, silent_tokens=()),
+        prompt_mel_fmax=8000.0, flow_kind="conformer_unet", hift_causal=False, hift_noise="random_normal",
+        vocoder_streaming="cache_crossfade", llm_variants=("base",)),
+}
+# The yaml whose presence selects the version, checked in this order.
+VERSION_YAML = {version: release.yaml_name for version, release in RELEASES.items()}
+
+
+def apply_speech_ids(llm: LLMConfig, speech_token_size: int, layout: SpeechIdLayout) -> None:
+    """Sets every special speech id of `llm` from the release's layout."""
+    n = speech_token_size
+    first_row = n if layout.sos_task_in_speech_embedding else 0
+    llm.speech_token_size = n
+    llm.speech_vocab_size = n + layout.extra_rows
+    llm.sos, llm.task_id = (first_row + row for row in layout.sos_task_rows)
+    llm.eos, llm.fill = n + layout.eos_offset, n + layout.fill_offset
+    llm.stop_token_ids = tuple(range(n, n + layout.stop_count))
+    llm.sos_task_in_speech_embedding = layout.sos_task_in_speech_embedding
+    llm.decoder_bias = layout.decoder_bias
+    llm.silent_tokens = layout.silent_tokens
+    # Official quirk in both releases: below min_len the sampler masks id n, which is CV2's eos but CV3's sos.
+    llm.min_len_mask_id = n
+
+
+def release_config(version: int) -> ModelConfig:
+    """The released model's configuration for `version` (the real dimensions), without reading a folder."""
+    if version not in RELEASES:
+        raise ModelFolderError(f"CosyVoice{version} is not supported; supported: "
+                               f"{', '.join(f'CosyVoice{v}' for v in sorted(RELEASES))}")
+    r = RELEASES[version]
+    cfg = ModelConfig(version=version, yaml_name=r.yaml_name, speech_tokenizer_file=r.speech_tokenizer_file,
+                      requires_endofprompt=r.requires_endofprompt, system_prompt=r.system_prompt,
+                      tokenizer_version=r.tokenizer_version)
+    apply_speech_ids(cfg.llm, cfg.llm.speech_token_size, r.speech_ids)
+    cfg.flow.kind = r.flow_kind  # FlowConfig's defaults are the released sizes of both flows
+    cfg.hift.causal, cfg.hift.noise = r.hift_causal, r.hift_noise
+    cfg.streaming.vocoder = r.vocoder_streaming
+    cfg.features.fmax = r.prompt_mel_fmax
+    return cfg
 
 
 def detect_version(model_dir: Path) -> int:
@@ -293,16 +400,16 @@ def _qwen_config(model_dir: Path) -> dict:
         raise ModelFolderError(f"{path}: not valid JSON ({exc})") from exc
 
 
-def load_config(model_dir: Path) -> ModelConfig:
-    """Reads the version, the yaml hyperparameters and the Qwen geometry of a model folder."""
-    model_dir = Path(model_dir)
-    version = detect_version(model_dir)
-    yaml_name = VERSION_YAML[version]
-    hp = read_hyperparams(model_dir / yaml_name)
-    if version != 3:
-        raise ModelFolderError(f"{model_dir}: CosyVoice{version} support is not available yet")
-    cfg = ModelConfig(version=3, yaml_name=yaml_name, speech_tokenizer_file="speech_tokenizer_v3.onnx")
+def _check_classes(hp: dict, release: Release, path: Path) -> None:
+    """The official type check: a yaml whose llm/flow/hift classes belong to another release is refused."""
+    for section, expected in zip(("llm", "flow", "hift"), release.classes):
+        node = hp.get(section)
+        found = getattr(node, "target", "").rpartition(".")[2]
+        if found and found != expected:
+            raise ModelFolderError(f"{path}: {section} is {found}, but {release.yaml_name} models use {expected}")
 
+
+def _read_qwen(cfg: ModelConfig, model_dir: Path) -> None:
     q = _qwen_config(model_dir)
     try:
         hidden = int(q["hidden_size"])
@@ -320,21 +427,19 @@ def load_config(model_dir: Path) -> ModelConfig:
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFolderError(f"{model_dir / QWEN_DIR / 'config.json'}: missing or bad field {exc}") from exc
 
-    llm = hp.get("llm", {})
-    sts = int(_get(llm, "speech_token_size", 6561))
-    cfg.llm.speech_token_size = sts
-    cfg.llm.speech_vocab_size = sts + 200
-    cfg.llm.sos, cfg.llm.eos, cfg.llm.task_id, cfg.llm.fill = sts, sts + 1, sts + 2, sts + 3
-    cfg.llm.stop_token_ids = tuple(range(sts, sts + 200))
-    cfg.llm.min_len_mask_id = sts
+
+def _read_llm(cfg: ModelConfig, llm: dict, release: Release) -> None:
+    apply_speech_ids(cfg.llm, int(_get(llm, "speech_token_size", cfg.llm.speech_token_size)), release.speech_ids)
     sampling = llm.get("sampling", {}) if isinstance(llm, dict) else {}
     cfg.llm.top_p = float(_get(sampling, "top_p", cfg.llm.top_p))
     cfg.llm.top_k = int(_get(sampling, "top_k", cfg.llm.top_k))
     cfg.llm.win_size = int(_get(sampling, "win_size", cfg.llm.win_size))
     cfg.llm.tau_r = float(_get(sampling, "tau_r", cfg.llm.tau_r))
 
-    flow = hp.get("flow", {})
-    f = cfg.flow
+
+def _read_dit_flow(f: FlowConfig, flow: dict) -> None:
+    """cosyvoice3.yaml's `flow:` section (CausalMaskedDiffWithDiT) into `f`."""
+    f.kind = "dit"
     f.mel_dim = int(_get(flow, "output_size", f.mel_dim))
     f.vocab_size = int(_get(flow, "vocab_size", f.vocab_size))
     f.spk_embed_dim = int(_get(flow, "spk_embed_dim", f.spk_embed_dim))
@@ -348,7 +453,7 @@ def load_config(model_dir: Path) -> ModelConfig:
     f.inference_cfg_rate = float(_get(cfm, "inference_cfg_rate", f.inference_cfg_rate))
     f.t_scheduler = str(_get(cfm, "t_scheduler", f.t_scheduler))
     if f.t_scheduler != "cosine":
-        raise ModelFolderError(f"{model_dir / yaml_name}: unsupported t_scheduler {f.t_scheduler!r}")
+        raise ModelFolderError(f"cosyvoice3.yaml flow: unsupported t_scheduler {f.t_scheduler!r}")
     est = _get(decoder, "estimator", {})
     f.dit_dim = int(_get(est, "dim", f.dit_dim))
     f.dit_depth = int(_get(est, "depth", f.dit_depth))
@@ -357,8 +462,8 @@ def load_config(model_dir: Path) -> ModelConfig:
     f.dit_ff_mult = int(_get(est, "ff_mult", f.dit_ff_mult))
     f.static_chunk_size = int(_get(est, "static_chunk_size", f.static_chunk_size))
 
-    hift = hp.get("hift", {})
-    h = cfg.hift
+
+def _read_hift(h: HiFTConfig, hift: dict) -> None:
     h.in_channels = int(_get(hift, "in_channels", h.in_channels))
     h.base_channels = int(_get(hift, "base_channels", h.base_channels))
     h.nb_harmonics = int(_get(hift, "nb_harmonics", h.nb_harmonics))
@@ -372,7 +477,8 @@ def load_config(model_dir: Path) -> ModelConfig:
     h.istft_n_fft = int(_get(istft, "n_fft", h.istft_n_fft))
     h.istft_hop = int(_get(istft, "hop_len", h.istft_hop))
     h.resblock_kernel_sizes = tuple(_get(hift, "resblock_kernel_sizes", h.resblock_kernel_sizes))
-    h.resblock_dilation_sizes = tuple(tuple(d) for d in _get(hift, "resblock_dilation_sizes", h.resblock_dilation_sizes))
+    h.resblock_dilation_sizes = tuple(
+        tuple(d) for d in _get(hift, "resblock_dilation_sizes", h.resblock_dilation_sizes))
     h.source_resblock_kernel_sizes = tuple(_get(hift, "source_resblock_kernel_sizes", h.source_resblock_kernel_sizes))
     h.source_resblock_dilation_sizes = tuple(
         tuple(d) for d in _get(hift, "source_resblock_dilation_sizes", h.source_resblock_dilation_sizes))
@@ -382,16 +488,121 @@ def load_config(model_dir: Path) -> ModelConfig:
     f0p = _get(hift, "f0_predictor", {})
     h.f0_cond_channels = int(_get(f0p, "cond_channels", h.f0_cond_channels))
 
+
+def _read_features(fe: FeatureConfig, hp: dict) -> None:
     feat = hp.get("feat_extractor", {})
-    fe = cfg.features
     fe.sample_rate = int(_get(hp, "sample_rate", fe.sample_rate))
     fe.n_fft = int(_get(feat, "n_fft", fe.n_fft))
     fe.hop_size = int(_get(feat, "hop_size", fe.hop_size))
     fe.win_size = int(_get(feat, "win_size", fe.win_size))
     fe.num_mels = int(_get(feat, "num_mels", fe.num_mels))
     fe.fmin = float(_get(feat, "fmin", fe.fmin))
-    fe.fmax = feat.get("fmax") if isinstance(feat, dict) else None
+    # An explicit `fmax: null` (CV3) means Nyquist, so the yaml's value wins even when it is None.
+    fe.fmax = feat.get("fmax", fe.fmax) if isinstance(feat, dict) else fe.fmax
     fe.token_frame_rate = int(_get(hp, "token_frame_rate", fe.token_frame_rate))
+
+
+def load_config(model_dir: Path) -> ModelConfig:
+    """Reads the version, the yaml hyperparameters and the Qwen geometry of a model folder."""
+    model_dir = Path(model_dir)
+    version = detect_version(model_dir)
+    release = RELEASES[version]
+    path = model_dir / release.yaml_name
+    hp = read_hyperparams(path)
+    _check_classes(hp, release, path)
+    cfg = release_config(version)
+    _read_qwen(cfg, model_dir)
+    _read_llm(cfg, hp.get("llm", {}), release)
+    _FLOW_READERS[release.flow_kind](cfg.flow, hp.get("flow", {}))
+    _read_hift(cfg.hift, hp.get("hift", {}))
+    _read_features(cfg.features, hp)
     cfg.streaming.token_hop_len = int(_get(hp, "chunk_size", cfg.streaming.token_hop_len))
-    cfg.streaming.pre_lookahead_len = f.pre_lookahead_len
+    cfg.streaming.pre_lookahead_len = cfg.flow.pre_lookahead_len
     return cfg
+
+
+# Structural switches of the CV2 flow that this package implements, with the official class default that applies
+# when the yaml leaves a key out.
+_CV2_ENCODER_SWITCHES = {
+    "input_layer": ("conv2d", "linear"), "pos_enc_layer_type": ("rel_pos", "rel_pos_espnet"),
+    "selfattention_layer_type": ("rel_selfattn", "rel_selfattn"), "activation_type": ("swish", "swish"),
+    "normalize_before": (True, True), "use_cnn_module": (True, False), "macaron_style": (True, False),
+}
+
+
+def apply_flow_v2_hyperparams(flow_cfg: FlowConfig, flow_section: dict) -> None:
+    """Reads cosyvoice2.yaml's `flow:` section (CausalMaskedDiffWithXvec) into `flow_cfg` as kind "conformer_unet".
+
+    Missing sizes keep the config's values (the CosyVoice2-0.5B ones); a missing architecture switch takes the
+    official class default. A switch this package does not implement (e.g. a conv module, two UNet levels,
+    another activation) raises ModelFolderError.
+    """
+    f = flow_cfg
+
+    def refuse(what: str, value, wanted) -> None:
+        raise ModelFolderError(f"cosyvoice2.yaml flow: {what} = {value!r} is not supported (expected {wanted!r})")
+
+    f.kind = "conformer_unet"
+    f.mel_dim = int(_get(flow_section, "output_size", f.mel_dim))
+    f.vocab_size = int(_get(flow_section, "vocab_size", f.vocab_size))
+    f.spk_embed_dim = int(_get(flow_section, "spk_embed_dim", f.spk_embed_dim))
+    f.token_mel_ratio = int(_get(flow_section, "token_mel_ratio", f.token_mel_ratio))
+    f.pre_lookahead_len = int(_get(flow_section, "pre_lookahead_len", f.pre_lookahead_len))
+    if f.token_mel_ratio != 2:
+        refuse("token_mel_ratio", f.token_mel_ratio, 2)  # the official encoder always upsamples by 2
+
+    enc = _get(flow_section, "encoder", {})
+    f.encoder_dim = int(_get(enc, "output_size", f.encoder_dim))
+    # The official encoder feeds the token embedding straight into layers of its output width.
+    for section, where in ((flow_section, "input_size"), (enc, "encoder.input_size")):
+        size = int(_get(section, "input_size", f.encoder_dim))
+        if size != f.encoder_dim:
+            refuse(where, size, f.encoder_dim)
+    f.encoder_heads = int(_get(enc, "attention_heads", f.encoder_heads))
+    f.encoder_linear_units = int(_get(enc, "linear_units", f.encoder_linear_units))
+    f.encoder_num_blocks = int(_get(enc, "num_blocks", f.encoder_num_blocks))
+    f.encoder_chunk_size = int(_get(enc, "static_chunk_size", f.encoder_chunk_size))
+    for key, (official_default, wanted) in _CV2_ENCODER_SWITCHES.items():
+        value = enc.get(key, official_default) if isinstance(enc, dict) else official_default
+        if value != wanted:
+            refuse(f"encoder.{key}", value, wanted)
+
+    decoder = _get(flow_section, "decoder", {})
+    cfm = _get(decoder, "cfm_params", {})
+    cfm = _get(cfm, "content", cfm) if isinstance(cfm, dict) else {}
+    f.inference_cfg_rate = float(_get(cfm, "inference_cfg_rate", f.inference_cfg_rate))
+    f.t_scheduler = str(_get(cfm, "t_scheduler", f.t_scheduler))
+    if f.t_scheduler != "cosine":
+        refuse("decoder.cfm_params.t_scheduler", f.t_scheduler, "cosine")
+    est = _get(decoder, "estimator", {})
+    channels = list(_get(est, "channels", [256, 256]))       # official default: two levels
+    if len(channels) != 1:
+        refuse("decoder.estimator.channels", channels, [f.unet_channels])
+    f.unet_channels = int(channels[0])
+    f.unet_n_blocks = int(_get(est, "n_blocks", f.unet_n_blocks))
+    f.unet_num_mid_blocks = int(_get(est, "num_mid_blocks", f.unet_num_mid_blocks))
+    f.unet_heads = int(_get(est, "num_heads", f.unet_heads))
+    f.unet_head_dim = int(_get(est, "attention_head_dim", f.unet_head_dim))
+    f.static_chunk_size = int(_get(est, "static_chunk_size", f.static_chunk_size))
+    act_fn = _get(est, "act_fn", "snake")
+    if act_fn != "gelu":
+        refuse("decoder.estimator.act_fn", act_fn, "gelu")
+    # The estimator's input is [x, mu, spks, cond], each mel_dim wide (spks after the speaker projection).
+    for key, wanted in (("in_channels", 4 * f.mel_dim), ("out_channels", f.mel_dim)):
+        size = int(_get(est, key, wanted))
+        if size != wanted:
+            refuse(f"decoder.estimator.{key}", size, wanted)
+
+
+def flow_summary(f: FlowConfig) -> str:
+    """The flow's architecture and size in a few words (for `info` and the studio)."""
+    summaries = {
+        "dit": f"DiT {f.dit_depth} × {f.dit_dim} ({f.dit_heads} heads)",
+        "conformer_unet": f"conformer {f.encoder_num_blocks}+{f.encoder_num_up_blocks} × {f.encoder_dim}, "
+                          f"UNet {f.unet_channels} ch with {f.unet_num_mid_blocks} mid blocks",
+    }
+    return summaries[f.kind]
+
+
+# FlowConfig.kind -> the reader of that flow's yaml section (defined last: the CV2 reader sits above).
+_FLOW_READERS = {"dit": _read_dit_flow, "conformer_unet": apply_flow_v2_hyperparams}

@@ -15,7 +15,7 @@ from .lm_decode import iter_speech_tokens
 from .longtext import DEFAULT_JOIN_MS, Joiner, SynthesisInfo, synthesize_segments
 from .mixing import PromptPlan, mix_prompts, single_prompt
 from .model_files import inspect_model_dir
-from .noise import HiftNoise
+from .noise import hift_noise_source
 from .prompts import END_OF_PROMPT, MODES, Mode, choose_mode
 from .pronunciation import validate_tags
 from .sampling import make_sampler
@@ -39,7 +39,7 @@ class CosyVoice:
         self.frontend = Frontend(self.cfg, self.tokenizer, self.files.speech_tokenizer, self.files.campplus)
         self.stages: Stages = load_stages(self.files, parse_backend(backend), export_dir)
         self.token2wav = Token2Wav(self.cfg, self.stages.flow, self.stages.vocoder, self.stages.flow_noise,
-                                   HiftNoise(self.cfg))
+                                   hift_noise_source(self.cfg))
         self.end_of_prompt_id = self.tokenizer.token_to_id(END_OF_PROMPT)
 
     # ------------------------------------------------------------------ high level
@@ -86,7 +86,8 @@ class CosyVoice:
         token_sampler = make_sampler(sampler, seed, self.cfg.llm)
         if stream:
             return joiner.stream(self._stream(segments, mode, prompts, instruct, token_sampler, on_progress,
-                                              decode_options))
+                                              decode_options, seed))
+        self.token2wav.reseed(seed)
         text_tokens = [len(self.frontend.encode(s)) for s in segments]
         target = None if duration is None else DurationTarget.plan(
             duration, duration_method, text_tokens, joiner.overhead(len(segments)), self.cfg)
@@ -122,8 +123,10 @@ class CosyVoice:
                              "instruction or an emotion clip")
         return mix_prompts(voice, emotion, mix, prompt_text)
 
-    def _stream(self, segments, mode, prompts: PromptPlan, instruct, token_sampler, on_progress, decode_options):
+    def _stream(self, segments, mode, prompts: PromptPlan, instruct, token_sampler, on_progress, decode_options,
+                seed: int):
         """One chunk generator per segment, for the joiner."""
+        self.token2wav.reseed(seed)
         for i, segment in enumerate(segments):
             yield self._stream_segment(segment, mode, prompts, instruct, token_sampler, decode_options,
                                        on_progress, (i + 1, len(segments)))
@@ -172,8 +175,12 @@ class CosyVoice:
                             self.stages.flow_noise if noise is None else noise, streaming=streaming,
                             finalize=finalize, cfg=self.cfg.flow)
 
-    def mel_to_audio(self, mel: np.ndarray, *, finalize: bool = True, noise: np.ndarray | None = None) -> np.ndarray:
-        """Vocoder: [1,S] audio. `noise` [1,L,harmonics+1] replaces the fixed uniform buffer's prefix."""
+    def mel_to_audio(self, mel: np.ndarray, *, finalize: bool = True, noise: np.ndarray | None = None,
+                     seed: int | None = None) -> np.ndarray:
+        """Vocoder: [1,S] audio. `noise` [1,L,harmonics+1] replaces CV3's fixed uniform buffer's prefix or CV2's
+        per-call normal draw. `seed` restarts CV2's draws (the same seed gives the same noise on any backend)."""
+        if seed is not None:
+            self.token2wav.reseed(seed)
         if noise is None:
             return self.token2wav.vocode(mel, finalize)
         return self.stages.vocoder.vocode(mel, finalize, noise)

@@ -1,4 +1,4 @@
-"""Backend-neutral CFM solver and token-to-mel driver for the CosyVoice3 flow (numpy only)."""
+"""Backend-neutral CFM solver and token-to-mel driver for the CosyVoice2/3 flows (numpy only)."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def solve_cfm(stage: FlowStage, mu: np.ndarray, mask: np.ndarray, spks: np.ndarr
 def token_to_mel(stage: FlowStage, tokens: np.ndarray, prompt_tokens: np.ndarray, prompt_feat: np.ndarray,
                  embedding: np.ndarray, noise_buffer: np.ndarray, streaming: bool, finalize: bool,
                  cfg: FlowConfig) -> np.ndarray:
-    """CausalMaskedDiffWithDiT.inference: tokens [1, n] after prompt_tokens [1, p], prompt_feat [1, 2p, 80],
+    """CausalMaskedDiffWithDiT/-Xvec.inference: tokens [1, n] after prompt_tokens [1, p], prompt_feat [1, 2p, 80],
     speaker embedding [1, 192] -> mel [1, 80, T - 2p] for the target tokens only.
 
     Not finalized, the last `pre_lookahead_len` tokens are look-ahead context and produce no frames.
@@ -81,7 +81,7 @@ def token_to_mel(stage: FlowStage, tokens: np.ndarray, prompt_tokens: np.ndarray
         raise InputError(f"a non-final flow chunk needs more than {cfg.pre_lookahead_len} tokens, "
                          f"got {all_tokens.shape[1]}")
     spks = stage.embed_speaker(np.asarray(embedding, dtype=np.float32))
-    mu = stage.encode_tokens(all_tokens, finalize)
+    mu = stage.encode_tokens(all_tokens, finalize, streaming)
     n_frames = mu.shape[2]
     prompt_frames = prompt_feat.shape[1]
     if prompt_frames > n_frames:

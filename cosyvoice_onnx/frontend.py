@@ -92,9 +92,19 @@ class Frontend:
     def encode(self, text: str) -> np.ndarray:
         return np.asarray(self.tokenizer.encode(text), dtype=np.int64)
 
+    def check_release_tokens(self, text: str) -> None:
+        """Refuses tokens this release does not have (e.g. CV3 pinyin/ARPAbet on CV2) instead of reading them out."""
+        foreign = self.tokenizer.other_release_tokens(text)
+        if foreign:
+            raise InputError(
+                f"{', '.join(foreign[:8])}: not tokens of this CosyVoice{self.cfg.version} model (they belong to "
+                "another CosyVoice release, e.g. CosyVoice3's pinyin/ARPAbet pronunciation tokens); it would read "
+                "them as plain characters. Write the words instead, or use a model that has them.")
+
     def text_segments(self, text: str, split: bool = True) -> list[str]:
         if not text or not text.strip():
             raise InputError("the text to speak is empty")
+        self.check_release_tokens(text)
         segments = textproc.normalize(text, split=split, tokenizer=self.tokenizer)
         segments = [segments] if isinstance(segments, str) else list(segments)
         segments = [s for s in segments if s.strip()]
@@ -105,5 +115,6 @@ class Frontend:
     def lm_inputs(self, mode: Mode, segment: str, transcript: str | None, instruction: str | None):
         """(text ids, prompt text ids) for one segment of one request."""
         prompt = lm_prompt_text(self.cfg, mode, transcript, instruction)
+        self.check_release_tokens(prompt)
         text_ids = self.encode(tts_text_prefix(self.cfg, mode, segment) + segment)
         return text_ids, self.encode(prompt) if prompt else np.zeros(0, dtype=np.int64)

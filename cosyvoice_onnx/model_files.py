@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import QWEN_DIR, ModelConfig, load_config
+from .config import QWEN_DIR, RELEASES, ModelConfig, load_config
 from .errors import ModelFolderError
 
 LLM_VARIANTS = {"base": "llm.pt", "rl": "llm.rl.pt"}
@@ -44,6 +44,9 @@ def inspect_model_dir(model_dir: str | Path, llm_variant: str = "base") -> Model
     cfg = load_config(root)
     if llm_variant not in LLM_VARIANTS:
         raise ModelFolderError(f"unknown LLM variant {llm_variant!r}; choose one of {sorted(LLM_VARIANTS)}")
+    if llm_variant not in RELEASES[cfg.version].llm_variants:
+        raise ModelFolderError(f"CosyVoice{cfg.version} ships no {llm_variant!r} LLM ({LLM_VARIANTS[llm_variant]}); "
+                               f"it has: {', '.join(RELEASES[cfg.version].llm_variants)}")
     qwen = _require(root / QWEN_DIR, "the Qwen tokenizer folder")
     for name in ("vocab.json", "merges.txt"):
         if not (qwen / "tokenizer.json").exists():

@@ -1,4 +1,4 @@
-"""Replays, with numpy only, the fixed uniform noise the official CosyVoice3 HiFT draws at construction."""
+"""HiFT NSF noise in numpy: the CosyVoice3 fixed uniform buffer replayed exactly, CosyVoice2 per-call draws."""
 
 from __future__ import annotations
 
@@ -120,3 +120,41 @@ class HiftNoise:
             self._rows = np.concatenate([self._rows, fresh])
             self._rows.flags.writeable = False
         return self._rows[None, :num_samples]
+
+    def reseed(self, seed: int) -> None:
+        """The buffer was fixed when the official model was built; a request's seed does not change it."""
+
+
+# Mixed into the request seed so the vocoder's stream is independent of the numpy sampler's.
+_NORMAL_NOISE_STREAM = 0x4E5346
+
+
+class NormalHiftNoise:
+    """CosyVoice2's NSF noise: a fresh standard-normal [1, L, harmonics+1] draw on every vocoder call.
+
+    The official takes it from the global torch generator (`torch.randn_like`), which the LM's sampling shares
+    from another thread; that interleaving cannot be replayed, so this is the one place where our random stream
+    is not the official one. The draws come from numpy, seeded from the request seed, so a seed still
+    reproduces our own output on every backend. The official also draws `rand_ini`, an initial phase, per call;
+    it lands on a sample the phase downsampling never reads (spec §5.2), so it is not drawn here.
+    """
+
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        self.width = cfg.hift.nb_harmonics + 1
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self._generator = np.random.default_rng([_NORMAL_NOISE_STREAM, int(seed) % (1 << 64)])
+
+    def sine_noise(self, num_samples: int) -> np.ndarray:
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
+        return self._generator.standard_normal((1, num_samples, self.width), dtype=np.float32)
+
+
+NOISE_SOURCES = {"fixed_uniform": HiftNoise, "random_normal": NormalHiftNoise}
+
+
+def hift_noise_source(cfg: ModelConfig) -> HiftNoise | NormalHiftNoise:
+    """The noise source `cfg.hift.noise` names."""
+    return NOISE_SOURCES[cfg.hift.noise](cfg)

@@ -83,9 +83,10 @@ def compare_engines(ref, test, voice, text: str = DEFAULT_TEXT, seed: int = 0, m
                       "time_ref_s": tf_ref, "time_test_s": tf_test}
 
     # Vocoder on the reference mel; end to end on each backend's own mel.
-    wav_ref, tv_ref = _timed(ref.mel_to_audio, mel_ref)
-    wav_test, tv_test = _timed(test.mel_to_audio, mel_ref)
-    wav_test_e2e = test.mel_to_audio(mel_test)
+    # The same seed gives both the same vocoder noise (CV2 draws it per call).
+    wav_ref, tv_ref = _timed(ref.mel_to_audio, mel_ref, seed=seed)
+    wav_test, tv_test = _timed(test.mel_to_audio, mel_ref, seed=seed)
+    wav_test_e2e = test.mel_to_audio(mel_test, seed=seed)
     mx, _ = _diff(wav_ref, wav_test)
     report["vocoder"] = {"snr_db": snr_db(wav_ref[0], wav_test[0]), "max_abs_diff": mx,
                          "time_ref_s": tv_ref, "time_test_s": tv_test}

@@ -38,9 +38,12 @@ def choose_mode(prompt_text: str | None, instruction: str | None) -> Mode:
 
 
 def lm_prompt_text(cfg: ModelConfig, mode: Mode, transcript: str | None, instruction: str | None) -> str:
-    """The LM prompt text exactly as the official CV3 examples spell it (spec §8).
+    """The LM prompt text exactly as the official examples spell it (spec §8).
 
-    Strings that already contain <|endofprompt|> are used as given, like the official API.
+    CV3: `You are a helpful assistant.<|endofprompt|>transcript` and `You are a helpful assistant. <instruction>
+    <|endofprompt|>`; CV2 (no system prompt, <|endofprompt|> optional): the transcript as is and
+    `<instruction><|endofprompt|>`. Strings that already contain <|endofprompt|> are used as given, like the
+    official API.
     """
     system = cfg.system_prompt
     if mode.needs_instruction:
@@ -60,7 +63,7 @@ def lm_prompt_text(cfg: ModelConfig, mode: Mode, transcript: str | None, instruc
 
 
 def tts_text_prefix(cfg: ModelConfig, mode: Mode, text: str) -> str:
-    """CV3 cross-lingual puts the system prompt in front of the text to speak (official example.py)."""
+    """CV3 cross-lingual puts the system prompt in front of the text to speak (official example.py); CV2 nothing."""
     if mode.name == "cross_lingual" and cfg.requires_endofprompt and END_OF_PROMPT not in text:
         return f"{cfg.system_prompt}{END_OF_PROMPT}"
     return ""
@@ -78,18 +81,42 @@ CV3_INSTRUCT_PRESETS: dict[str, dict[str, str]] = {
     "role": {"peppa_pig": "我想体验一下小猪佩奇风格，可以吗？", "robot": "你可以尝试用机器人的方式解答吗？"},
 }
 
+# CosyVoice2 ships no preset list. For dialect, speed and emotion we offer instructions in the phrasing of its one
+# official instruct example (`用四川话说这句话<|endofprompt|>`, example.py): our wording, not a shipped list.
+# Volume and role stay CV3-only.
+CV2_INSTRUCT_PRESETS: dict[str, dict[str, str]] = {
+    "dialect": {d: f"用{d}话说这句话" for d in CV3_DIALECTS},
+    "speed": {"slow": "用很慢的语速说这句话", "fast": "用很快的语速说这句话"},
+    "emotion": {"happy": "用开心的语气说这句话", "sad": "用伤心的语气说这句话", "angry": "用生气的语气说这句话"},
+}
+INSTRUCT_PRESETS = {3: CV3_INSTRUCT_PRESETS, 2: CV2_INSTRUCT_PRESETS}
 
-def preset_instruction(name: str) -> str:
-    """Looks up a preset as `group:key` (e.g. `dialect:四川`, `emotion:happy`) or a bare unique key."""
+
+def preset_names(version: int = 3) -> list[str]:
+    """`group:key` of every preset of that release."""
+    return [f"{g}:{k}" for g, items in INSTRUCT_PRESETS[version].items() for k in items]
+
+
+def preset_instruction(name: str, version: int = 3) -> str:
+    """Looks up a preset of the CosyVoice`version` model as `group:key` (e.g. `dialect:四川`, `emotion:happy`)
+    or a bare unique key. A CV3 preset asked of CV2 names the release that has it."""
+    presets = INSTRUCT_PRESETS[version]
     group, _, key = name.partition(":")
     if key:
-        try:
-            return CV3_INSTRUCT_PRESETS[group][key]
-        except KeyError:
-            pass
+        if key in presets.get(group, {}):
+            return presets[group][key]
     else:
-        hits = [v for g in CV3_INSTRUCT_PRESETS.values() for k, v in g.items() if k == name]
+        hits = [v for g in presets.values() for k, v in g.items() if k == name]
         if len(hits) == 1:
             return hits[0]
-    names = [f"{g}:{k}" for g, items in CV3_INSTRUCT_PRESETS.items() for k in items]
-    raise InputError(f"unknown instruct preset {name!r}; choose one of: {', '.join(names)}")
+    choices = ", ".join(preset_names(version))
+    owners = [f"CosyVoice{v}" for v in sorted(INSTRUCT_PRESETS) if v != version and name in _lookup_names(v)]
+    if owners:
+        raise InputError(f"{name!r} is a {'/'.join(owners)} instruct preset; this CosyVoice{version} model has: "
+                         f"{choices}")
+    raise InputError(f"unknown instruct preset {name!r}; choose one of: {choices}")
+
+
+def _lookup_names(version: int) -> set[str]:
+    """Every spelling preset_instruction accepts for that release: `group:key` and the bare keys."""
+    return set(preset_names(version)) | {k for items in INSTRUCT_PRESETS[version].values() for k in items}

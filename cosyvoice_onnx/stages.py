@@ -32,9 +32,10 @@ class FlowStage(Protocol):
     def embed_speaker(self, embedding: np.ndarray) -> np.ndarray:
         """[1, 192] CAM++ embedding -> [1, 80] (L2-normalise then affine)."""
 
-    def encode_tokens(self, tokens: np.ndarray, finalize: bool) -> np.ndarray:
+    def encode_tokens(self, tokens: np.ndarray, finalize: bool, streaming: bool = False) -> np.ndarray:
         """[1, N] prompt+target tokens -> mu [1, 80, T_mel]. Not finalized: the last
-        `pre_lookahead_len` tokens are look-ahead context only."""
+        `pre_lookahead_len` tokens are look-ahead context only. `streaming` selects the chunked
+        attention of encoders that have attention (CV2)."""
 
     def estimate(self, x: np.ndarray, mask: np.ndarray, mu: np.ndarray, t: np.ndarray,
                  spks: np.ndarray, cond: np.ndarray, streaming: bool) -> np.ndarray:
@@ -48,6 +49,11 @@ class VocoderStage(Protocol):
     backend: str
 
     def vocode(self, mel: np.ndarray, finalize: bool, sine_noise: np.ndarray) -> np.ndarray:
-        """mel [1, 80, T] -> speech [1, S]. `sine_noise` [1, L, harmonics+1] holds the fixed
-        uniform noise buffer's first L = 480*T samples. Not finalized: the last frames act
-        as look-ahead and the output is 480*(T-8) samples long."""
+        """mel [1, 80, T] -> speech [1, S]. `sine_noise` [1, L, harmonics+1], L = 480*T: CV3's fixed
+        uniform buffer's first L samples, or CV2's fresh standard-normal draw. Not finalized (CV3 only):
+        the last frames act as look-ahead and the output is 480*(T-8) samples long."""
+
+    def vocode_with_source(self, mel: np.ndarray, sine_noise: np.ndarray,
+                           cache_source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CV2 streaming (finalized): the NSF source's first C samples are replaced by cache_source
+        [1, 1, C] (C may be 0). Returns (speech [1, 480*T], the source used [1, 1, 480*T])."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import QWEN_DIR, load_config
+from .config import QWEN_DIR, RELEASES, load_config
 
 # Tiny dimensions: small enough for CI, shaped like the real model (GQA, several heads, all HiFT stages).
 TINY = {
@@ -23,7 +23,21 @@ REAL = {
     "flow": dict(pre_lookahead_channels=1024, dim=1024, depth=22, heads=16, dim_head=64, ff_mult=2),
     "hift": dict(base_channels=512, cond_channels=512),
 }
-SIZES = {"tiny": TINY, "real": REAL}
+# CosyVoice2: the same LM and vocoder sizes; the flow is a conformer encoder + UNet estimator.
+TINY_V2 = {
+    "llm": TINY["llm"],
+    "flow": dict(encoder_dim=32, attention_heads=4, linear_units=64, num_blocks=2, channels=32,
+                 attention_head_dim=8, n_blocks=1, num_mid_blocks=2, num_heads=2),
+    "hift": TINY["hift"],
+}
+# The released CosyVoice2-0.5B dimensions.
+REAL_V2 = {
+    "llm": REAL["llm"],
+    "flow": dict(encoder_dim=512, attention_heads=8, linear_units=2048, num_blocks=6, channels=256,
+                 attention_head_dim=64, n_blocks=4, num_mid_blocks=12, num_heads=8),
+    "hift": REAL["hift"],
+}
+SIZES = {"tiny": {3: TINY, 2: TINY_V2}, "real": {3: REAL, 2: REAL_V2}}
 
 
 def _qwen_config(dims: dict, vocab_size: int = 151936) -> dict:
@@ -38,6 +52,36 @@ def _qwen_config(dims: dict, vocab_size: int = 151936) -> dict:
         "use_sliding_window": False, "attention_dropout": 0.0, "initializer_range": 0.02,
     }
 
+
+
+def hift_yaml(h: dict, causal: bool) -> str:
+    """The `hift:` section both releases share; CV3 names the causal classes and adds conv_pre_look_right."""
+    generator, f0 = (("CausalHiFTGenerator", "CausalConvRNNF0Predictor") if causal
+                     else ("HiFTGenerator", "ConvRNNF0Predictor"))
+    look_right = "\n    conv_pre_look_right: 4" if causal else ""
+    return f"""hift: !new:cosyvoice.hifigan.generator.{generator}
+    in_channels: 80
+    base_channels: {h['base_channels']}
+    nb_harmonics: 8
+    sampling_rate: !ref <sample_rate>
+    nsf_alpha: 0.1
+    nsf_sigma: 0.003
+    nsf_voiced_threshold: 10
+    upsample_rates: [8, 5, 3]
+    upsample_kernel_sizes: [16, 11, 7]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+    resblock_kernel_sizes: [3, 7, 11]
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    source_resblock_kernel_sizes: [7, 7, 11]
+    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    lrelu_slope: 0.1
+    audio_limit: 0.99{look_right}
+    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.{f0}
+        num_class: 1
+        in_channels: 80
+        cond_channels: {h['cond_channels']}"""
 
 def cv3_yaml(dims: dict = TINY) -> str:
     """The official cosyvoice3.yaml model sections, tiny dimensions, HyperPyYAML tags as in the release."""
@@ -113,30 +157,7 @@ flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithDiT
             static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
             num_decoding_left_chunks: !ref <num_decoding_left_chunks>
 
-hift: !new:cosyvoice.hifigan.generator.CausalHiFTGenerator
-    in_channels: 80
-    base_channels: {h['base_channels']}
-    nb_harmonics: 8
-    sampling_rate: !ref <sample_rate>
-    nsf_alpha: 0.1
-    nsf_sigma: 0.003
-    nsf_voiced_threshold: 10
-    upsample_rates: [8, 5, 3]
-    upsample_kernel_sizes: [16, 11, 7]
-    istft_params:
-        n_fft: 16
-        hop_len: 4
-    resblock_kernel_sizes: [3, 7, 11]
-    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
-    source_resblock_kernel_sizes: [7, 7, 11]
-    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
-    lrelu_slope: 0.1
-    audio_limit: 0.99
-    conv_pre_look_right: 4
-    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.CausalConvRNNF0Predictor
-        num_class: 1
-        in_channels: 80
-        cond_channels: {h['cond_channels']}
+{hift_yaml(h, causal=True)}
 
 feat_extractor: !name:matcha.utils.audio.mel_spectrogram
     n_fft: 1920
@@ -154,11 +175,146 @@ get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
 """
 
 
+def cv2_yaml(dims: dict = TINY_V2) -> str:
+    """The official CosyVoice2 yaml (examples/libritts/cosyvoice2/conf/cosyvoice2.yaml): model sections with the
+    given dimensions, plus some of its GAN and data sections, which a reader must pass over."""
+    f, h = dims["flow"], dims["hift"]
+    return f"""# Synthetic tiny CosyVoice2 model written by `cosyvoice-onnx make-tiny-model --version 2` (random weights).
+__set_seed1: !apply:random.seed [1986]
+__set_seed2: !apply:numpy.random.seed [1986]
+__set_seed3: !apply:torch.manual_seed [1986]
+__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
+
+sample_rate: 24000
+llm_input_size: {dims['llm']['hidden_size']}
+llm_output_size: {dims['llm']['hidden_size']}
+spk_embed_dim: 192
+qwen_pretrain_path: ''
+token_frame_rate: 25
+token_mel_ratio: 2
+
+chunk_size: 25
+num_decoding_left_chunks: -1
+
+llm: !new:cosyvoice.llm.llm.Qwen2LM
+    llm_input_size: !ref <llm_input_size>
+    llm_output_size: !ref <llm_output_size>
+    speech_token_size: 6561
+    length_normalized_loss: True
+    lsm_weight: 0
+    mix_ratio: [5, 15]
+    llm: !new:cosyvoice.llm.llm.Qwen2Encoder
+        pretrain_path: !ref <qwen_pretrain_path>
+    sampling: !name:cosyvoice.utils.common.ras_sampling
+        top_p: 0.8
+        top_k: 25
+        win_size: 10
+        tau_r: 0.1
+
+flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
+    input_size: {f['encoder_dim']}
+    output_size: 80
+    spk_embed_dim: !ref <spk_embed_dim>
+    output_type: 'mel'
+    vocab_size: 6561
+    input_frame_rate: !ref <token_frame_rate>
+    only_mask_loss: True
+    token_mel_ratio: !ref <token_mel_ratio>
+    pre_lookahead_len: 3
+    encoder: !new:cosyvoice.transformer.upsample_encoder.UpsampleConformerEncoder
+        output_size: {f['encoder_dim']}
+        attention_heads: {f['attention_heads']}
+        linear_units: {f['linear_units']}
+        num_blocks: {f['num_blocks']}
+        dropout_rate: 0.1
+        positional_dropout_rate: 0.1
+        attention_dropout_rate: 0.1
+        normalize_before: True
+        input_layer: 'linear'
+        pos_enc_layer_type: 'rel_pos_espnet'
+        selfattention_layer_type: 'rel_selfattn'
+        input_size: {f['encoder_dim']}
+        use_cnn_module: False
+        macaron_style: False
+        static_chunk_size: !ref <chunk_size>
+    decoder: !new:cosyvoice.flow.flow_matching.CausalConditionalCFM
+        in_channels: 240
+        n_spks: 1
+        spk_emb_dim: 80
+        cfm_params: !new:omegaconf.DictConfig
+            content:
+                sigma_min: 1e-06
+                solver: 'euler'
+                t_scheduler: 'cosine'
+                training_cfg_rate: 0.2
+                inference_cfg_rate: 0.7
+                reg_loss_type: 'l1'
+        estimator: !new:cosyvoice.flow.decoder.CausalConditionalDecoder
+            in_channels: 320
+            out_channels: 80
+            channels: [{f['channels']}]
+            dropout: 0.0
+            attention_head_dim: {f['attention_head_dim']}
+            n_blocks: {f['n_blocks']}
+            num_mid_blocks: {f['num_mid_blocks']}
+            num_heads: {f['num_heads']}
+            act_fn: 'gelu'
+            static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
+            num_decoding_left_chunks: !ref <num_decoding_left_chunks>
+
+{hift_yaml(h, causal=False)}
+
+# gan related module
+mel_spec_transform1: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: 1920
+    num_mels: 80
+    sampling_rate: !ref <sample_rate>
+    hop_size: 480
+    win_size: 1920
+    fmin: 0
+    fmax: null
+    center: False
+hifigan: !new:cosyvoice.hifigan.hifigan.HiFiGan
+    generator: !ref <hift>
+    discriminator: !new:cosyvoice.hifigan.discriminator.MultipleDiscriminator
+        mpd: !new:matcha.hifigan.models.MultiPeriodDiscriminator
+        mrd: !new:cosyvoice.hifigan.discriminator.MultiResSpecDiscriminator
+    mel_spec_transform: [
+        !ref <mel_spec_transform1>
+    ]
+
+# processor functions
+parquet_opener: !name:cosyvoice.dataset.processor.parquet_opener
+get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
+    token_path: !ref <qwen_pretrain_path>
+    skip_special_tokens: True
+allowed_special: 'all'
+tokenize: !name:cosyvoice.dataset.processor.tokenize
+    get_tokenizer: !ref <get_tokenizer>
+    allowed_special: !ref <allowed_special>
+feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: 1920
+    num_mels: 80
+    sampling_rate: !ref <sample_rate>
+    hop_size: 480
+    win_size: 1920
+    fmin: 0
+    fmax: 8000
+    center: False
+compute_fbank: !name:cosyvoice.dataset.processor.compute_fbank
+    feat_extractor: !ref <feat_extractor>
+    num_frames: 960
+"""
+
+
+YAML_WRITERS = {3: cv3_yaml, 2: cv2_yaml}
+
+
 # ---------------------------------------------------------------- stand-in ONNX frontend models
 
 
 def speech_tokenizer_onnx(path: Path, seed: int) -> None:
-    """Stand-in for speech_tokenizer_v3.onnx: [1,128,T] log-mel + [1] int32 length -> [1, ceil(ceil(T/2)/2)] codes.
+    """Stand-in for speech_tokenizer_v2/v3.onnx: [1,128,T] log-mel + [1] int32 length -> [1, ceil(ceil(T/2)/2)] codes.
 
     Two stride-2 convs and an 8-digit base-3 FSQ code, like the real tokenizer's 25 Hz, 6561-code output.
     """
@@ -236,26 +392,35 @@ def _shape_llm(lm, cfg, generator) -> None:
         # A shared component on channel 0 survives the tiny transformer, so the stop rows can key on it.
         text_embed[:, 0] = 1.0
         lm.speech_embedding.weight[:, 0] = 1.0
+        if not cfg.llm.sos_task_in_speech_embedding:
+            lm.llm_embedding.weight[:, 0] = 1.0  # CV2 keeps sos/task_id here; same role as the rows above
         lm.llm_decoder.weight[:, 0] = 0.0
         lm.llm_decoder.weight[cfg.llm.speech_token_size:, 0] = -0.12
         # EOS sits near the edge of the top-k nucleus, so outputs end after a few to a few hundred tokens.
         lm.llm_decoder.weight[cfg.llm.eos, 0] = 0.015
+        if cfg.llm.decoder_bias:
+            # CV2's decoder bias: small, so it does not bury EOS among the other rows, nonzero so it is exercised.
+            # Its EOS is masked until min_len (CV3's never is), so it gets a lift to end within max_len.
+            lm.llm_decoder.bias.normal_(0.0, 0.002, generator=generator)
+            lm.llm_decoder.bias[cfg.llm.eos] = 0.04
 
 
 def make_tiny_model(out: str | Path, version: int = 3, seed: int = 0, size: str = "tiny") -> Path:
-    """Writes a complete model folder with random weights (`size` tiny or real) and returns its path."""
+    """Writes a complete CosyVoice`version` (3 or 2) model folder with random weights (`size` tiny or real), with
+    the files that release ships, and returns its path."""
     import torch
     from safetensors.torch import save_file
 
     from .tokenizer import write_tiny_tokenizer
     from .torch_backend.loader import build_modules
 
-    if version != 3:
-        raise ValueError("only --version 3 is available so far")
+    if version not in YAML_WRITERS:
+        raise ValueError(f"no synthetic CosyVoice{version}; choose one of {sorted(YAML_WRITERS)}")
+    release = RELEASES[version]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    dims = SIZES[size]
-    (out / "cosyvoice3.yaml").write_text(cv3_yaml(dims), encoding="utf-8")
+    dims = SIZES[size][version]
+    (out / release.yaml_name).write_text(YAML_WRITERS[version](dims), encoding="utf-8")
     qwen = out / QWEN_DIR
     qwen.mkdir(exist_ok=True)
     (qwen / "config.json").write_text(json.dumps(_qwen_config(dims), indent=2), encoding="utf-8")
@@ -267,17 +432,18 @@ def make_tiny_model(out: str | Path, version: int = 3, seed: int = 0, size: str 
     modules = build_modules(cfg)
     _shape_llm(modules["lm"], cfg, generator)
     torch.save(modules["lm"].state_dict(), out / "llm.pt")
-    with torch.no_grad():
-        for p in modules["lm"].llm_decoder.parameters():
-            p[: cfg.llm.speech_token_size].add_(torch.randn_like(p[: cfg.llm.speech_token_size]) * 0.005)
-    torch.save(modules["lm"].state_dict(), out / "llm.rl.pt")
+    if "rl" in release.llm_variants:
+        with torch.no_grad():
+            for p in modules["lm"].llm_decoder.parameters():
+                p[: cfg.llm.speech_token_size].add_(torch.randn_like(p[: cfg.llm.speech_token_size]) * 0.005)
+        torch.save(modules["lm"].state_dict(), out / "llm.rl.pt")
     torch.save(modules["flow"].state_dict(), out / "flow.pt")
     torch.save(modules["vocoder"].state_dict(), out / "hift.pt")
     backbone = {k.removeprefix("llm.model."): v.clone().contiguous()
                 for k, v in modules["lm"].state_dict().items() if k.startswith("llm.model.model.")}
     save_file(backbone, str(qwen / "model.safetensors"))
 
-    speech_tokenizer_onnx(out / "speech_tokenizer_v3.onnx", seed)
+    speech_tokenizer_onnx(out / cfg.speech_tokenizer_file, seed)
     campplus_onnx(out / "campplus.onnx", seed)
     torch.save({}, out / "spk2info.pt")
     return out

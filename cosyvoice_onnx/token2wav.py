@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .flow_solver import token_to_mel
-from .noise import HiftNoise
+from .noise import HiftNoise, NormalHiftNoise
 from .stages import FlowStage, VocoderStage
 
 
@@ -44,11 +44,71 @@ class StreamSchedule:
             yield hop
 
 
+def fade_in_out(head: np.ndarray, tail: np.ndarray, window: np.ndarray) -> np.ndarray:
+    """The official `fade_in_out`: head's first n = len(window)/2 samples become head·window[:n] + the last n of
+    tail·window[n:]. The float64 window makes the sum float64; it is stored back in head's float32."""
+    n = len(window) // 2
+    out = head.copy()
+    out[:n] = head[:n] * window[:n] + tail[-n:] * window[n:]
+    return out
+
+
+class AccumulatedMelStream:
+    """CV3 vocoder streaming (spec §6.4): the causal vocoder runs over all mel so far and only the samples not
+    yet emitted are returned; with its fixed noise the earlier samples come out exactly as before."""
+
+    def __init__(self, token2wav: Token2Wav):
+        self._vocode = token2wav.vocode
+        self._mel = np.zeros((1, token2wav.cfg.flow.mel_dim, 0), dtype=np.float32)
+        self._emitted = 0
+
+    def push(self, mel: np.ndarray, finalize: bool) -> np.ndarray:
+        self._mel = np.concatenate([self._mel, mel], axis=2)
+        new = self._vocode(self._mel, finalize=finalize)[0][self._emitted:]
+        self._emitted += len(new)
+        return new
+
+
+class CachedSourceStream:
+    """CV2 vocoder streaming (spec §6.3): a chunk is vocoded with the previous chunk's last mel frames in front
+    and their NSF source forced at its start; that overlap is cross-faded with a Hamming window, and the last
+    overlap of every non-final chunk is held back for the next one."""
+
+    def __init__(self, token2wav: Token2Wav):
+        self._token2wav = token2wav
+        self._cache_frames = token2wav.cfg.streaming.vocoder_cache_frames
+        self._overlap = self._cache_frames * token2wav.cfg.hift.hop_samples
+        # Symmetric, like the official np.hamming window.
+        self._window = np.hamming(2 * self._overlap)
+        self._mel: np.ndarray | None = None
+        self._source = np.zeros((1, 1, 0), dtype=np.float32)
+        self._speech: np.ndarray | None = None
+
+    def push(self, mel: np.ndarray, finalize: bool) -> np.ndarray:
+        if self._mel is not None:
+            mel = np.concatenate([self._mel, mel], axis=2)
+        speech, source = self._token2wav.vocode_with_source(mel, self._source)
+        speech = speech[0]
+        if self._speech is not None:
+            speech = fade_in_out(speech, self._speech, self._window)
+        if finalize:
+            return speech
+        self._mel = mel[:, :, -self._cache_frames:]
+        self._source = source[:, :, -self._overlap:]
+        self._speech = speech[-self._overlap:]
+        return speech[:-self._overlap]
+
+
+# StreamingConfig.vocoder -> how the vocoder follows the streamed mel chunks.
+VOCODER_STREAMS = {"accumulate": AccumulatedMelStream, "cache_crossfade": CachedSourceStream}
+
+
 class Token2Wav:
-    """Flow + vocoder over speech tokens, with the fixed noise buffers the official model uses."""
+    """Flow + vocoder over speech tokens, with the noise the official model uses (fixed buffers for the flow and
+    the CV3 vocoder, per-call draws for the CV2 vocoder)."""
 
     def __init__(self, cfg: ModelConfig, flow: FlowStage, vocoder: VocoderStage, flow_noise: np.ndarray,
-                 hift_noise: HiftNoise):
+                 hift_noise: HiftNoise | NormalHiftNoise):
         self.cfg = cfg
         self.flow = flow
         self.vocoder = vocoder
@@ -61,8 +121,18 @@ class Token2Wav:
                             self.flow_noise, streaming=streaming, finalize=finalize, cfg=self.cfg.flow)
 
     def vocode(self, mel: np.ndarray, finalize: bool) -> np.ndarray:
-        samples = mel.shape[2] * self.cfg.hift.hop_samples
-        return self.vocoder.vocode(mel, finalize, self.hift_noise.sine_noise(samples))
+        return self.vocoder.vocode(mel, finalize, self._sine_noise(mel))
+
+    def vocode_with_source(self, mel: np.ndarray, cache_source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """CV2: (speech, source) with the source's start forced to `cache_source` (see VocoderStage)."""
+        return self.vocoder.vocode_with_source(mel, self._sine_noise(mel), cache_source)
+
+    def _sine_noise(self, mel: np.ndarray) -> np.ndarray:
+        return self.hift_noise.sine_noise(mel.shape[2] * self.cfg.hift.hop_samples)
+
+    def reseed(self, seed: int) -> None:
+        """Starts a request: the CV2 vocoder's per-call noise is drawn from `seed` (CV3's is fixed)."""
+        self.hift_noise.reseed(seed)
 
     def whole(self, tokens, prompt_tokens, prompt_mel, embedding, speed: float = 1.0) -> np.ndarray:
         """Non-streaming: full attention, finalize, optional speed change by mel interpolation."""
@@ -76,8 +146,8 @@ class Token2Wav:
                schedule: StreamSchedule | None = None) -> Iterator[np.ndarray]:
         """Yields audio chunks as tokens arrive; the chunks concatenate to the official streaming output.
 
-        Each flow call recomputes prompt+all tokens so far with chunk masks; the causal vocoder runs over the
-        accumulated mel and only the new samples are emitted (CV3, spec §6.2/§6.4).
+        Each flow call recomputes prompt+all tokens so far with chunk masks (spec §6.2); the new mel goes to
+        the vocoder stream `cfg.streaming.vocoder` names (VOCODER_STREAMS).
         """
         schedule = schedule or StreamSchedule(self.cfg.streaming.token_hop_len, self.cfg.streaming.token_max_hop_len,
                                               self.cfg.streaming.stream_scale_factor,
@@ -87,18 +157,12 @@ class Token2Wav:
         offset = 0
         hops = schedule.hops(int(np.asarray(prompt_tokens).size))
         hop = next(hops)
-        mel_acc = np.zeros((1, self.cfg.flow.mel_dim, 0), dtype=np.float32)
-        emitted = 0
+        vocoder_stream = VOCODER_STREAMS[self.cfg.streaming.vocoder](self)
 
         def run(upto: int, finalize: bool) -> np.ndarray:
-            nonlocal mel_acc, emitted
             chunk = np.asarray(tokens[:upto], dtype=np.int64)
             mel = self.mel(chunk, prompt_tokens, prompt_mel, embedding, streaming=not finalize, finalize=finalize)
-            mel_acc = np.concatenate([mel_acc, mel[:, :, offset * ratio:]], axis=2)
-            speech = self.vocode(mel_acc, finalize=finalize)[0]
-            new = speech[emitted:]
-            emitted += len(new)
-            return new
+            return vocoder_stream.push(mel[:, :, offset * ratio:], finalize)
 
         for token in token_source:
             tokens.append(int(token))

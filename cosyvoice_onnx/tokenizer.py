@@ -35,6 +35,8 @@ PINYIN_TOKENS: tuple[str, ...] = tuple(f"[{unit}]" for unit in (
 CV3_ADDED_TOKENS: tuple[str, ...] = CV2_ADDED_TOKENS + ("<|endofsystem|>",) + ARPABET_TOKENS + PINYIN_TOKENS
 
 ADDED_TOKENS_BY_VERSION = {"cosyvoice2": CV2_ADDED_TOKENS, "cosyvoice3": CV3_ADDED_TOKENS}
+# Every release's added tokens, in first-seen order.
+ALL_ADDED_TOKENS: tuple[str, ...] = tuple(dict.fromkeys(t for ts in ADDED_TOKENS_BY_VERSION.values() for t in ts))
 
 QWEN_SPECIAL_TOKENS: tuple[str, ...] = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 QWEN_BASE_VOCAB_SIZE = 151643
@@ -183,6 +185,12 @@ class TextTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         # Official decode skips special tokens (yaml skip_special_tokens: True), which drops every CosyVoice marker.
         return self._tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def other_release_tokens(self, text: str) -> list[str]:
+        """CosyVoice tokens of another release that `text` spells out and this tokenizer lacks, so it would
+        read them as plain characters (e.g. CosyVoice3's pinyin `[j]` on a CosyVoice2 model)."""
+        known = set(self._added_tokens)
+        return [token for token in ALL_ADDED_TOKENS if token not in known and token in text]
 
     def token_to_id(self, token: str) -> int:
         token_id = self._tokenizer.token_to_id(token)

@@ -280,7 +280,7 @@ class RecordingStage:
     def embed_speaker(self, embedding):
         return embedding[:, :80] * 2
 
-    def encode_tokens(self, tokens, finalize):
+    def encode_tokens(self, tokens, finalize, streaming=False):
         n = tokens.shape[1] - (0 if finalize else 3)
         frames = np.repeat(tokens[:, :n].astype(np.float32), 2, axis=1)
         return np.broadcast_to(frames[:, None, :], (1, 80, 2 * n)).copy()

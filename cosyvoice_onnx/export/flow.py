@@ -1,4 +1,4 @@
-"""Exports the CosyVoice3 flow as two ONNX graphs: the token encoder and the DiT velocity estimator."""
+"""Exports a flow as two ONNX graphs: the token encoder and the velocity estimator (CV3 DiT or CV2 UNet)."""
 
 from __future__ import annotations
 
@@ -11,78 +11,43 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
-from ..torch_backend.flow import CausalFlow, DiT, layer_norm
+from ..onnx_backend.flow import ENCODER_IO
 
 OPSET = 17
 # onnxruntime 1.31 reads IR versions up to 13; onnx 1.23 writes 14 unless told otherwise.
 MAX_IR_VERSION = 10
-FULL_ATTENTION_CHUNK = 1 << 30
 PROTOBUF_LIMIT = 2_000_000_000
 ENCODER_BASE = "flow_encoder"
 ESTIMATOR_BASE = "flow_estimator"
-ENCODER_INPUTS = ["tokens", "embedding"]
-ENCODER_OUTPUTS = ["mu", "spks"]
 ESTIMATOR_INPUTS = ["x", "mask", "mu", "t", "spks", "cond", "streaming"]
 ESTIMATOR_OUTPUTS = ["velocity"]
 # int8 quantizes the LM only; the flow is then written (and run) in fp32.
 PRECISIONS = ("fp32", "fp16", "int8")
 # Kept in fp32 in the fp16 estimator: LayerNorm statistics and softmax sums overflow in fp16, and the time
 # sinusoid and RoPE angles reach 1000 rad and T rad, where fp16 keeps no fractional digits. The node groups
-# cover the multiplications that produce those angles.
+# cover the multiplications that produce those angles (DiT: time_embed, rotary_embed; UNet: time_embeddings).
 FP16_BLOCKED_OPS = ["LayerNormalization", "Softmax", "Sin", "Cos"]
-FP16_BLOCKED_NODE_PREFIXES = ("/time_embed/", "/rotary_embed/")
-
-
-def switchable_attention_mask(valid: torch.Tensor, chunk_size: int, streaming: torch.Tensor) -> torch.Tensor:
-    """torch_backend.flow.attention_mask with the streaming switch as a tensor, so one graph serves both modes.
-
-    Off, the chunk outgrows any sequence, so j < (i // chunk + 1) * chunk holds for every key and only the
-    padding mask is left.
-    """
-    pos = torch.arange(valid.shape[-1], device=valid.device)
-    chunk = torch.where(streaming.reshape(()), chunk_size, FULL_ATTENTION_CHUNK)
-    visible_end = (torch.div(pos, chunk, rounding_mode="floor") + 1) * chunk
-    mask = valid.unsqueeze(1) & (pos.unsqueeze(0) < visible_end.unsqueeze(1)).unsqueeze(0)
-    mask = mask | ~mask.any(dim=-1, keepdim=True)
-    return mask.unsqueeze(1)
-
-
-class EstimatorGraph(nn.Module):
-    """DiT.forward with `streaming` as a bool tensor input instead of a Python flag."""
-
-    def __init__(self, dit: DiT):
-        super().__init__()
-        self.time_embed = dit.time_embed
-        self.input_embed = dit.input_embed
-        self.rotary_embed = dit.rotary_embed
-        self.transformer_blocks = dit.transformer_blocks
-        self.norm_out = dit.norm_out
-        self.proj_out = dit.proj_out
-        self.dim = dit.dim
-        self.static_chunk_size = dit.static_chunk_size
-
-    def forward(self, x, mask, mu, t, spks, cond, streaming):
-        temb = self.time_embed(t)
-        h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks)
-        angles = self.rotary_embed(x.shape[2])
-        attn_mask = switchable_attention_mask(mask[:, 0].bool(), self.static_chunk_size, streaming)
-        query_valid = attn_mask[:, 0, -1].unsqueeze(-1)
-        for block in self.transformer_blocks:
-            h = block(h, temb, attn_mask, query_valid, angles)
-        scale, shift = self.norm_out(temb)
-        h = layer_norm(h, self.dim) * (1 + scale)[:, None, :] + shift[:, None, :]
-        return self.proj_out(h).transpose(1, 2)
+FP16_BLOCKED_NODE_PREFIXES = ("/time_embed/", "/rotary_embed/", "/time_embeddings/")
 
 
 class EncoderGraph(nn.Module):
-    """Finalized token encoding plus the speaker projection; non-final mu is this mu minus its last frames."""
+    """Token encoding plus the speaker projection.
 
-    def __init__(self, flow: CausalFlow):
+    The DiT flow's encoder is exported finalized: its non-final mu is the final one minus the look-ahead frames.
+    The conformer attends over all tokens, so its graph takes the look-ahead tokens (none when finalized) and
+    the streaming switch as inputs instead.
+    """
+
+    def __init__(self, flow: nn.Module):
         super().__init__()
         self.flow = flow
 
-    def forward(self, tokens, embedding):
-        return self.flow.encode_tokens(tokens, finalize=True), self.flow.embed_speaker(embedding)
+    def forward(self, tokens, embedding, context=None, streaming=None):
+        if context is None:
+            mu = self.flow.encode_tokens(tokens, finalize=True)
+        else:
+            mu = self.flow.encode(tokens, context, streaming)
+        return mu, self.flow.embed_speaker(embedding)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> Path:
@@ -123,20 +88,23 @@ def _set_output_shape(model: onnx.ModelProto, name: str, dims: list) -> None:
             dim.dim_param = value
 
 
-def export_encoder(flow: CausalFlow, out_dir: Path) -> Path:
+def export_encoder(flow: nn.Module, out_dir: Path) -> Path:
     cfg = flow.cfg
-    tokens = torch.randint(0, cfg.vocab_size, (1, 11))
-    embedding = torch.randn(1, cfg.spk_embed_dim)
+    inputs, outputs = ENCODER_IO[cfg.kind]
+    args = (torch.randint(0, cfg.vocab_size, (1, 11)), torch.randn(1, cfg.spk_embed_dim))
+    dynamic_axes = {"tokens": {1: "n_tokens"}, "mu": {2: "n_frames"}}
+    if "context" in inputs:
+        args += (torch.randint(0, cfg.vocab_size, (1, cfg.pre_lookahead_len)), torch.tensor([True]))
+        dynamic_axes["context"] = {1: "n_context"}
     path = Path(out_dir) / f"{ENCODER_BASE}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = _trace(EncoderGraph(flow).eval(), (tokens, embedding), path, ENCODER_INPUTS, ENCODER_OUTPUTS,
-                   {"tokens": {1: "n_tokens"}, "mu": {2: "n_frames"}})
+    model = _trace(EncoderGraph(flow).eval(), args, path, inputs, outputs, dynamic_axes)
     # Shape inference loses track of repeat_interleave's batch and channel sizes; state them.
     _set_output_shape(model, "mu", [1, cfg.mel_dim, "n_frames"])
     return _save(model, path)
 
 
-def export_estimator(flow: CausalFlow, out_dir: Path) -> Path:
+def export_estimator(flow: nn.Module, out_dir: Path) -> Path:
     cfg = flow.cfg
     # An odd length that is not a chunk multiple, so no shape arithmetic can fold into a constant.
     seq_len = 2 * cfg.static_chunk_size + 7
@@ -148,7 +116,8 @@ def export_estimator(flow: CausalFlow, out_dir: Path) -> Path:
     seq = {2: "seq_len"}
     path = Path(out_dir) / f"{ESTIMATOR_BASE}.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
-    model = _trace(EstimatorGraph(flow.estimator).eval(), (x, mask, mu, t, spks, cond, streaming), path,
+    # The estimators take `streaming` as a flag or as this bool tensor, so one graph serves both modes.
+    model = _trace(flow.estimator.eval(), (x, mask, mu, t, spks, cond, streaming), path,
                    ESTIMATOR_INPUTS, ESTIMATOR_OUTPUTS,
                    {"x": seq, "mask": seq, "mu": seq, "cond": seq, "velocity": seq})
     return _save(model, path)
@@ -209,11 +178,15 @@ def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
     graph.node.extend(kept)
 
 
-def export_flow(module: CausalFlow, cfg: ModelConfig, out_dir: Path, precision: str = "fp32") -> list[Path]:
-    """Writes flow_encoder.onnx and flow_estimator.onnx (plus flow_estimator.fp16.onnx for fp16)."""
+def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: str = "fp32") -> list[Path]:
+    """Writes flow_encoder.onnx and flow_estimator.onnx (plus flow_estimator.fp16.onnx for fp16).
+
+    `module` is a CausalFlow (CV3) or a ConformerUNetFlow (CV2), as torch_backend.loader builds it.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
-    if module.cfg.mel_dim != cfg.flow.mel_dim or module.cfg.static_chunk_size != cfg.flow.static_chunk_size:
+    if (module.cfg.kind, module.cfg.mel_dim, module.cfg.static_chunk_size) != (
+            cfg.flow.kind, cfg.flow.mel_dim, cfg.flow.static_chunk_size):
         raise ValueError("the flow module was built from another config than the one given")
     module = module.float().eval()
     out_dir = Path(out_dir)

@@ -1,4 +1,4 @@
-"""Export of the causal HiFT vocoder to two ONNX graphs: `hift_final` (finalize) and `hift_stream` (look-ahead)."""
+"""Export of the HiFT vocoder: CV3's causal one as `hift_final` + `hift_stream` (look-ahead), CV2's as `hift_cached`."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import ModelConfig
-from ..torch_backend.hift import F0_LOOK_RIGHT, CausalHiFT, F0Predictor, PaddedConv1d
+from ..onnx_backend.hift import GRAPHS
+from ..torch_backend.hift import F0_LOOK_RIGHT, CausalHiFT, F0Predictor, PaddedConv1d, splice_source
 
 OPSET = 17
-GRAPH_NAMES = {True: "hift_final", False: "hift_stream"}
 # Frames the example input has while tracing; every length is dynamic, this only has to be valid in both modes.
 TRACE_FRAMES = 24
+# CV2's example source cache while tracing (its length is dynamic too, zero included).
+TRACE_CACHE_FRAMES = 8
 
 
 def _frozen_copy(hift: CausalHiFT) -> CausalHiFT:
@@ -67,8 +69,18 @@ class DoubleF0Graph(nn.Module):
         return torch.abs(torch.matmul(self.head_weight, x) + self.head_bias.unsqueeze(-1)).squeeze(1)
 
 
+def _example(hift: CausalHiFT, finalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    samples = hift.source_samples(TRACE_FRAMES, finalize)
+    mel = torch.randn(1, hift.cfg.in_channels, TRACE_FRAMES) - 5.0
+    return mel, torch.rand(1, samples, hift.cfg.nb_harmonics + 1)
+
+
 class HiftGraph(nn.Module):
-    """mel [1, 80, T] + sine_noise [1, L, 9] -> speech [1, S] for one fixed `finalize`."""
+    """Causal (CV3): mel [1, 80, T] + sine_noise [1, L, 9] -> speech [1, S] for one fixed `finalize`."""
+
+    input_names = ["mel", "sine_noise"]
+    output_names = ["speech"]
+    dynamic_axes = {"mel": {2: "frames"}, "sine_noise": {1: "samples"}, "speech": {1: "speech_samples"}}
 
     def __init__(self, hift: CausalHiFT, finalize: bool):
         super().__init__()
@@ -84,12 +96,43 @@ class HiftGraph(nn.Module):
             mel = mel[:, :, :-F0_LOOK_RIGHT]
         return self.hift.decode(mel, source, self.finalize)
 
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        return _example(self.hift, self.finalize)
 
-def _export_graph(graph: HiftGraph, frames: int, path: Path) -> None:
-    samples = graph.hift.source_samples(frames, graph.finalize)
-    harmonics = graph.hift.cfg.nb_harmonics + 1
-    mel = torch.randn(1, graph.hift.cfg.in_channels, frames) - 5.0
-    noise = torch.rand(1, samples, harmonics)
+
+class CachedHiftGraph(nn.Module):
+    """Non-causal (CV2), always finalized: mel [1, 80, T] + sine_noise [1, L, 9] + cache_source [1, 1, C]
+    -> speech [1, 480*T] and the source used [1, 1, L], whose first C samples are cache_source (C may be 0).
+
+    The official runs this f0 predictor in float32, so it stays an ordinary float32 conv stack here.
+    """
+
+    input_names = ["mel", "sine_noise", "cache_source"]
+    output_names = ["speech", "source"]
+    dynamic_axes = {"mel": {2: "frames"}, "sine_noise": {1: "samples"}, "cache_source": {2: "cache_samples"},
+                    "speech": {1: "speech_samples"}, "source": {2: "samples"}}
+
+    def __init__(self, hift: CausalHiFT, finalize: bool = True):
+        super().__init__()
+        if not finalize:
+            raise ValueError("the non-causal HiFT is always finalized")
+        self.hift = _frozen_copy(hift)
+
+    def forward(self, mel: torch.Tensor, sine_noise: torch.Tensor,
+                cache_source: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        source = splice_source(self.hift.m_source(self.hift.predict_f0(mel, True), sine_noise), cache_source)
+        return self.hift.decode(mel, source, True), source
+
+    def example_inputs(self) -> tuple[torch.Tensor, ...]:
+        mel, noise = _example(self.hift, True)
+        return mel, noise, torch.rand(1, 1, TRACE_CACHE_FRAMES * self.hift.cfg.hop_samples) - 0.5
+
+
+# HiFTConfig.causal -> the graph wrapper of that vocoder.
+GRAPH_WRAPPERS = {True: HiftGraph, False: CachedHiftGraph}
+
+
+def _export_graph(graph: HiftGraph | CachedHiftGraph, path: Path) -> None:
     # The TorchScript exporter: dynamo=True gives bit-identical outputs at every length but takes ~20 s per
     # graph instead of ~1 s, which the tests (and every re-export) would pay.
     with warnings.catch_warnings():
@@ -99,13 +142,12 @@ def _export_graph(graph: HiftGraph, frames: int, path: Path) -> None:
         warnings.filterwarnings("ignore", category=DeprecationWarning, message="You are using the legacy TorchScript")
         warnings.filterwarnings("ignore", category=DeprecationWarning, message="The feature will be removed")
         torch.onnx.export(
-            graph, (mel, noise), str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
-            input_names=["mel", "sine_noise"], output_names=["speech"],
-            dynamic_axes={"mel": {2: "frames"}, "sine_noise": {1: "samples"}, "speech": {1: "speech_samples"}})
+            graph, graph.example_inputs(), str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
+            input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=graph.dynamic_axes)
 
 
 def export_hift(module: CausalHiFT, cfg: ModelConfig, out_dir: Path, precision: str = "fp32") -> list[Path]:
-    """Writes `hift_final.onnx` and `hift_stream.onnx` into `out_dir` and returns their paths.
+    """Writes the graphs of `onnx_backend.hift.GRAPHS` for this HiFT into `out_dir` and returns their paths.
 
     Every precision gets the fp32 graphs: the f0 predictor overflows fp16 and the waveform is fragile to it.
     """
@@ -113,14 +155,12 @@ def export_hift(module: CausalHiFT, cfg: ModelConfig, out_dir: Path, precision: 
         raise ValueError(f"unknown precision {precision!r}")
     if module.cfg != cfg.hift:
         raise ValueError("the vocoder module was built for another HiFT config than `cfg.hift`")
-    if not cfg.hift.causal:
-        raise ValueError("only the causal (CosyVoice3) HiFT is exported; it is the one with a look-ahead graph")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     with torch.no_grad():
-        for finalize, name in GRAPH_NAMES.items():
+        for finalize, name in GRAPHS[cfg.hift.causal].items():
             path = out_dir / f"{name}.onnx"
-            _export_graph(HiftGraph(module, finalize), TRACE_FRAMES, path)
+            _export_graph(GRAPH_WRAPPERS[cfg.hift.causal](module, finalize), path)
             paths.append(path)
     return paths

@@ -1,4 +1,4 @@
-"""FlowStage on ONNX Runtime: the exported token encoder and DiT velocity estimator (numpy only)."""
+"""FlowStage on ONNX Runtime: the exported token encoder and velocity estimator, CV3 or CV2 (numpy only)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ ESTIMATOR_FILES = {"fp32": "flow_estimator.onnx", "fp16": "flow_estimator.fp16.o
                    "int8": "flow_estimator.onnx"}
 # embed_speaker feeds the encoder one placeholder token: the graph computes spks from the embedding alone.
 PLACEHOLDER_TOKENS = np.zeros((1, 1), dtype=np.int64)
-ENCODER_IO = (["tokens", "embedding"], ["mu", "spks"])
+# Per FlowConfig.kind. The conformer (CV2) attends over all tokens, so a non-final mu is not a slice of the final
+# one: its graph takes the look-ahead tokens ([1, 0] when finalized) and the streaming switch as inputs.
+ENCODER_IO = {"dit": (["tokens", "embedding"], ["mu", "spks"]),
+              "conformer_unet": (["tokens", "embedding", "context", "streaming"], ["mu", "spks"])}
 ESTIMATOR_IO = (["x", "mask", "mu", "t", "spks", "cond", "streaming"], ["velocity"])
 
 
@@ -32,7 +35,7 @@ def _check_io(session, path: Path, io: tuple[list[str], list[str]], mel_dim: int
 
 
 class OnnxFlow:
-    """flow_encoder.onnx gives finalized mu and spks; flow_estimator[.fp16].onnx gives the velocity."""
+    """flow_encoder.onnx gives mu and spks; flow_estimator[.fp16].onnx gives the velocity."""
 
     backend = "onnx"
 
@@ -46,20 +49,34 @@ class OnnxFlow:
         encoder_path, estimator_path = export_dir / ENCODER_FILE, export_dir / ESTIMATOR_FILES[precision]
         self.encoder = make_session(encoder_path, threads=threads)
         self.estimator = make_session(estimator_path, threads=threads)
-        _check_io(self.encoder, encoder_path, ENCODER_IO, self.cfg.mel_dim)
+        self.encoder_inputs = ENCODER_IO[self.cfg.kind][0]
+        _check_io(self.encoder, encoder_path, ENCODER_IO[self.cfg.kind], self.cfg.mel_dim)
         _check_io(self.estimator, estimator_path, ESTIMATOR_IO, self.cfg.mel_dim)
 
-    def embed_speaker(self, embedding: np.ndarray) -> np.ndarray:
-        feeds = {"tokens": PLACEHOLDER_TOKENS, "embedding": np.ascontiguousarray(embedding, dtype=np.float32)}
-        return self.encoder.run(["spks"], feeds)[0]
+    def _run_encoder(self, output: str, tokens: np.ndarray, embedding: np.ndarray | None = None,
+                     n_context: int = 0, streaming: bool = False) -> np.ndarray:
+        """Runs the encoder graph; the last `n_context` tokens are look-ahead, for graphs that take them apart."""
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        if embedding is None:
+            embedding = np.zeros((1, self.cfg.spk_embed_dim), dtype=np.float32)
+        feeds = {"tokens": tokens, "embedding": np.ascontiguousarray(embedding, dtype=np.float32)}
+        if "context" in self.encoder_inputs:
+            split = tokens.shape[1] - n_context
+            feeds.update(tokens=np.ascontiguousarray(tokens[:, :split]),
+                         context=np.ascontiguousarray(tokens[:, split:]), streaming=np.array([bool(streaming)]))
+        return self.encoder.run([output], feeds)[0]
 
-    def encode_tokens(self, tokens: np.ndarray, finalize: bool) -> np.ndarray:
-        feeds = {"tokens": np.ascontiguousarray(tokens, dtype=np.int64),
-                 "embedding": np.zeros((1, self.cfg.spk_embed_dim), dtype=np.float32)}
-        if not finalize and feeds["tokens"].shape[1] <= self.cfg.pre_lookahead_len:
-            raise InputError(f"a non-final flow chunk needs more than {self.cfg.pre_lookahead_len} tokens, "
-                             f"got {feeds['tokens'].shape[1]}")
-        mu = self.encoder.run(["mu"], feeds)[0]
+    def embed_speaker(self, embedding: np.ndarray) -> np.ndarray:
+        return self._run_encoder("spks", PLACEHOLDER_TOKENS, embedding)
+
+    def encode_tokens(self, tokens: np.ndarray, finalize: bool, streaming: bool = False) -> np.ndarray:
+        tokens = np.ascontiguousarray(tokens, dtype=np.int64)
+        lookahead = self.cfg.pre_lookahead_len
+        if not finalize and tokens.shape[1] <= lookahead:
+            raise InputError(f"a non-final flow chunk needs more than {lookahead} tokens, got {tokens.shape[1]}")
+        if "context" in self.encoder_inputs:
+            return self._run_encoder("mu", tokens, n_context=0 if finalize else lookahead, streaming=streaming)
+        mu = self._run_encoder("mu", tokens)
         if finalize:
             return mu
         # The look-ahead conv sees at most pre_lookahead_len tokens to the right, so every earlier frame is the

@@ -1,4 +1,4 @@
-"""The causal HiFT vocoder on ONNX Runtime (numpy in, numpy out; never imports torch)."""
+"""The HiFT vocoder on ONNX Runtime (numpy in, numpy out; never imports torch)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,16 @@ import numpy as np
 from ..config import ModelConfig
 from .session import make_session
 
-GRAPH_NAMES = {True: "hift_final", False: "hift_stream"}
+# HiFTConfig.causal -> {finalize: graph}. The causal (CV3) vocoder has a look-ahead graph for streaming; the
+# non-causal (CV2) one is always finalized and takes the previous chunk's source instead (`cache_source`).
+GRAPHS = {True: {True: "hift_final", False: "hift_stream"}, False: {True: "hift_cached"}}
 PRECISIONS = ("fp32", "fp16", "int8")
 # Future frames the f0 predictor's first conv reads (torch_backend.hift.F0_LOOK_RIGHT; that module imports torch).
 F0_LOOK_RIGHT = 3
 
 
 class OnnxVocoder:
-    """VocoderStage on the exported `hift_final` / `hift_stream` graphs.
+    """VocoderStage on the exported HiFT graphs (`GRAPHS`).
 
     Every precision runs the fp32 graphs: the f0 predictor overflows fp16 and int8 audibly degrades a vocoder.
     """
@@ -30,13 +32,13 @@ class OnnxVocoder:
         self.precision = precision
         export_dir = Path(export_dir)
         self.sessions = {finalize: make_session(export_dir / f"{name}.onnx", threads=threads)
-                         for finalize, name in GRAPH_NAMES.items()}
+                         for finalize, name in GRAPHS[self.cfg.causal].items()}
 
     def source_samples(self, frames: int, finalize: bool) -> int:
         """Noise samples the graph consumes for `frames` mel frames."""
         return self.cfg.hop_samples * (frames if finalize else frames - F0_LOOK_RIGHT)
 
-    def vocode(self, mel: np.ndarray, finalize: bool, sine_noise: np.ndarray) -> np.ndarray:
+    def _feeds(self, mel: np.ndarray, finalize: bool, sine_noise: np.ndarray) -> dict[str, np.ndarray]:
         frames = mel.shape[2]
         min_frames = 1 if finalize else F0_LOOK_RIGHT + self.cfg.conv_pre_look_right + 1
         if frames < min_frames:
@@ -44,9 +46,29 @@ class OnnxVocoder:
         needed = self.source_samples(frames, finalize)
         if sine_noise.shape[1] < needed:
             raise ValueError(f"sine_noise has {sine_noise.shape[1]} samples; {needed} are needed for {frames} frames")
-        feeds = {
+        return {
             "mel": np.ascontiguousarray(mel, dtype=np.float32),
             # Exactly the samples this length uses: callers hand over 480*T, more than the look-ahead graph needs.
             "sine_noise": np.ascontiguousarray(sine_noise[:, :needed], dtype=np.float32),
         }
-        return self.sessions[bool(finalize)].run(["speech"], feeds)[0]
+
+    def vocode(self, mel: np.ndarray, finalize: bool, sine_noise: np.ndarray) -> np.ndarray:
+        finalize = bool(finalize)
+        if finalize not in self.sessions:
+            raise ValueError("the non-causal (CosyVoice2) HiFT has no look-ahead mode; call it with finalize=True")
+        if not self.cfg.causal:
+            # Its one graph always takes a source cache; without streaming that cache is empty.
+            return self.vocode_with_source(mel, sine_noise, np.zeros((1, 1, 0), dtype=np.float32))[0]
+        return self.sessions[finalize].run(["speech"], self._feeds(mel, finalize, sine_noise))[0]
+
+    def vocode_with_source(self, mel: np.ndarray, sine_noise: np.ndarray,
+                           cache_source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.cfg.causal:
+            raise ValueError("only the non-causal (CosyVoice2) HiFT takes a source cache")
+        feeds = self._feeds(mel, True, sine_noise)
+        cache = np.ascontiguousarray(np.asarray(cache_source, dtype=np.float32).reshape(1, 1, -1))
+        if cache.shape[2] > feeds["sine_noise"].shape[1]:
+            raise ValueError(f"cache_source has {cache.shape[2]} samples; {mel.shape[2]} frames make only "
+                             f"{feeds['sine_noise'].shape[1]}")
+        speech, source = self.sessions[True].run(["speech", "source"], {**feeds, "cache_source": cache})
+        return speech, source

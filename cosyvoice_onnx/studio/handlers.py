@@ -17,8 +17,10 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from ..config import detect_version
 from ..engine import MAX_TEXT_CHARS
 from ..errors import CosyVoiceError, InputError
+from ..prompts import preset_instruction
 from ..voices import VoiceStore, validate_name
 from .history import History
 from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output
@@ -97,6 +99,13 @@ class Studio:
     def model_folder(self, model_dir: str | None) -> Path:
         text = model_dir if model_dir and model_dir.strip() else (str(self.settings.model_dir or ""))
         return check_model_folder(text, self.settings)
+
+    @user_errors
+    def preset_text(self, preset: str | None, model_dir: str = ""):
+        """The instruction of a preset (`group:key`) in the wording of the chosen model's release."""
+        if not preset:
+            return gr.skip()
+        return preset_instruction(preset, detect_version(self.model_folder(model_dir)))
 
     def _checked(self, model_dir: str, text: str, seed) -> tuple[Path, str, int]:
         """The request's model folder, text and seed, checked before any model is loaded."""

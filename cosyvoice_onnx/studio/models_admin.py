@@ -6,6 +6,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from ..config import flow_summary
 from ..errors import CosyVoiceError, InputError
 from .handlers import Studio, user_errors
 
@@ -53,7 +54,7 @@ class ModelAdmin:
         cfg = files.config
         lines = [f"### ✅ `{files.root}`", "",
                  f"- CosyVoice{cfg.version}: LM {cfg.llm.num_layers} layers × {cfg.llm.hidden_size}, "
-                 f"flow DiT {cfg.flow.dit_depth} × {cfg.flow.dit_dim}, HiFT at {cfg.hift.sampling_rate} Hz"]
+                 f"flow {flow_summary(cfg.flow)}, HiFT at {cfg.hift.sampling_rate} Hz"]
         for name, file in {**files.checkpoints(), "campplus": files.campplus,
                            "speech tokenizer": files.speech_tokenizer}.items():
             lines.append(f"- {name}: `{file.name}` ({file.stat().st_size / 1e6:.1f} MB)")

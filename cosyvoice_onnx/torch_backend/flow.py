@@ -14,6 +14,8 @@ from ..config import FlowConfig
 TIME_FEATURE_SCALE = 1000.0
 ROPE_BASE = 10000.0
 LAYER_NORM_EPS = 1e-6
+# A chunk longer than any sequence: with it the chunk mask keeps every valid key.
+FULL_ATTENTION_CHUNK = 1 << 30
 
 
 # --------------------------------------------------------------------------- DiT pieces
@@ -161,7 +163,7 @@ class DiTBlock(nn.Module):
         return x + gate_mlp.unsqueeze(1) * self.ff(normed)
 
 
-def attention_mask(valid: torch.Tensor, chunk_size: int) -> torch.Tensor:
+def attention_mask(valid: torch.Tensor, chunk_size: int | torch.Tensor) -> torch.Tensor:
     """Boolean [B, 1, T, T] mask from key validity [B, T].
 
     chunk_size > 0: query i sees key j iff j < (i // chunk_size + 1) * chunk_size (all earlier chunks)
@@ -170,7 +172,7 @@ def attention_mask(valid: torch.Tensor, chunk_size: int) -> torch.Tensor:
     """
     seq_len = valid.shape[-1]
     keys = valid.unsqueeze(1)
-    if chunk_size > 0:
+    if isinstance(chunk_size, torch.Tensor) or chunk_size > 0:
         pos = torch.arange(seq_len, device=valid.device)
         visible_end = (torch.div(pos, chunk_size, rounding_mode="floor") + 1) * chunk_size
         mask = keys & (pos.unsqueeze(0) < visible_end.unsqueeze(1)).unsqueeze(0)
@@ -178,6 +180,19 @@ def attention_mask(valid: torch.Tensor, chunk_size: int) -> torch.Tensor:
         mask = keys.expand(-1, seq_len, -1)
     mask = mask | ~mask.any(dim=-1, keepdim=True)
     return mask.unsqueeze(1)
+
+
+def streaming_attention_mask(valid: torch.Tensor, chunk_size: int, streaming: bool | torch.Tensor) -> torch.Tensor:
+    """attention_mask with chunks of `chunk_size` when streaming, full attention otherwise.
+
+    `streaming` is a Python flag in eager code and a bool tensor in exported graphs, where one graph serves
+    both modes: off, the chunk outgrows any sequence and only the padding mask is left.
+    """
+    if not isinstance(streaming, torch.Tensor):
+        return attention_mask(valid, chunk_size if streaming else 0)
+    if chunk_size <= 0:
+        return attention_mask(valid, 0)
+    return attention_mask(valid, torch.where(streaming.reshape(()), chunk_size, FULL_ATTENTION_CHUNK))
 
 
 class DiT(nn.Module):
@@ -194,16 +209,17 @@ class DiT(nn.Module):
         self.norm_out = AdaLayerNormZero(cfg.dit_dim, 2)
         self.proj_out = nn.Linear(cfg.dit_dim, cfg.mel_dim)
 
-    def forward(self, x, mask, mu, t, spks, cond, streaming: bool = False):
+    def forward(self, x, mask, mu, t, spks, cond, streaming: bool | torch.Tensor = False):
         """x, mu, cond [B, 80, T]; mask [B, 1, T] (1 = valid); t [B]; spks [B, 80] -> [B, 80, T].
-        `streaming` uses the static chunk mask so a frame never sees later chunks."""
+        `streaming` (a flag, or a bool tensor in exported graphs) uses the static chunk mask so a frame never
+        sees later chunks."""
         seq_len = x.shape[2]
         if t.ndim == 0:
             t = t.repeat(x.shape[0])
         temb = self.time_embed(t)
         h = self.input_embed(x.transpose(1, 2), cond.transpose(1, 2), mu.transpose(1, 2), spks)
         angles = self.rotary_embed(seq_len)
-        attn_mask = attention_mask(mask[:, 0].bool(), self.static_chunk_size if streaming else 0)
+        attn_mask = streaming_attention_mask(mask[:, 0].bool(), self.static_chunk_size, streaming)
         # The checkpoint's code zeroes query rows where the mask's last row is False (padding).
         query_valid = attn_mask[:, 0, -1].unsqueeze(-1)
         for block in self.transformer_blocks:
@@ -237,6 +253,11 @@ class PreLookaheadLayer(nn.Module):
         return h.transpose(1, 2) + x
 
 
+def project_speaker(affine: nn.Linear, embedding: torch.Tensor) -> torch.Tensor:
+    """L2-normalise the CAM++ embedding, then the flow's speaker affine layer."""
+    return affine(F.normalize(embedding, dim=1, eps=1e-12))
+
+
 class CausalFlow(nn.Module):
     """CausalMaskedDiffWithDiT without its training parts; state_dict matches flow.pt."""
 
@@ -255,10 +276,11 @@ class CausalFlow(nn.Module):
 
     def embed_speaker(self, embedding: torch.Tensor) -> torch.Tensor:
         """[1, spk_embed_dim] -> [1, mel_dim]."""
-        return self.spk_embed_affine_layer(F.normalize(embedding, dim=1, eps=1e-12))
+        return project_speaker(self.spk_embed_affine_layer, embedding)
 
-    def encode_tokens(self, tokens: torch.Tensor, finalize: bool) -> torch.Tensor:
-        """[1, N] tokens -> mu [1, mel_dim, ratio * N'] with N' = N, or N - lookahead when not finalized."""
+    def encode_tokens(self, tokens: torch.Tensor, finalize: bool, streaming: bool = False) -> torch.Tensor:
+        """[1, N] tokens -> mu [1, mel_dim, ratio * N'] with N' = N, or N - lookahead when not finalized.
+        The encoder has no attention, so `streaming` changes nothing."""
         emb = self.input_embedding(tokens.clamp(min=0))
         if finalize:
             h = self.pre_lookahead_layer(emb)
@@ -286,11 +308,11 @@ def _to_tensor(array: np.ndarray, device: torch.device, dtype=torch.float32) -> 
 
 
 class TorchFlow:
-    """FlowStage on a CausalFlow module (numpy in, numpy out, fp32)."""
+    """FlowStage on a CausalFlow or ConformerUNetFlow module (numpy in, numpy out, fp32)."""
 
     backend = "torch"
 
-    def __init__(self, flow: CausalFlow, device: str | torch.device = "cpu"):
+    def __init__(self, flow: nn.Module, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
         self.flow = flow.to(self.device).eval()
 
@@ -299,8 +321,8 @@ class TorchFlow:
         return self.flow.embed_speaker(_to_tensor(embedding, self.device)).float().cpu().numpy()
 
     @torch.inference_mode()
-    def encode_tokens(self, tokens: np.ndarray, finalize: bool) -> np.ndarray:
-        mu = self.flow.encode_tokens(_to_tensor(tokens, self.device, torch.long), finalize)
+    def encode_tokens(self, tokens: np.ndarray, finalize: bool, streaming: bool = False) -> np.ndarray:
+        mu = self.flow.encode_tokens(_to_tensor(tokens, self.device, torch.long), finalize, streaming)
         return mu.float().cpu().numpy()
 
     @torch.inference_mode()

@@ -226,10 +226,8 @@ class NeuralSource(nn.Module):
 
 
 class CausalHiFT(nn.Module):
-    """HiFT generator with the official parameter names. `cfg.causal` selects CV3 (True) or CV2 (False) layers.
-
-    Only the CV3 forward is verified against the official code so far; CV2's `cache_source` is not wired.
-    """
+    """HiFT generator with the official parameter names. `cfg.causal` selects CV3 (`CausalHiFTGenerator`) or
+    CV2 (`HiFTGenerator`, which also takes a source cache when streaming)."""
 
     def __init__(self, cfg: HiFTConfig):
         super().__init__()
@@ -328,22 +326,46 @@ class CausalHiFT(nn.Module):
         """Length of the NSF source (and of the noise used) for `frames` mel frames."""
         return self.cfg.hop_samples * (frames if finalize else frames - F0_LOOK_RIGHT)
 
-    def forward(self, mel: torch.Tensor, finalize: bool, sine_noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, mel: torch.Tensor, finalize: bool, sine_noise: torch.Tensor,
+                cache_source: torch.Tensor | None = None) -> torch.Tensor:
         """mel [1, C, T], sine_noise [1, >=L, harmonics] -> speech [1, 480*T] (finalize) or [1, 480*(T-8)]."""
+        return self.synthesize(mel, finalize, sine_noise, cache_source)[0]
+
+    def synthesize(self, mel: torch.Tensor, finalize: bool, sine_noise: torch.Tensor,
+                   cache_source: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(speech, the NSF source [1, 1, L] it was made from).
+
+        cache_source [1, 1, C] (CV2 only, the official `inference(cache_source=...)`): the first C source samples
+        are replaced by the previous streaming call's last ones, so the overlapping audio has the same excitation.
+        """
         frames = mel.shape[2]
         if not finalize and not self.cfg.causal:
             raise ValueError("the non-causal (CosyVoice2) HiFT has no look-ahead mode; call it with finalize=True")
+        if cache_source is not None and self.cfg.causal:
+            raise ValueError("only the non-causal (CosyVoice2) HiFT takes a source cache")
         min_frames = 1 if finalize else F0_LOOK_RIGHT + self.cfg.conv_pre_look_right + 1
         if frames < min_frames:
             raise ValueError(f"the vocoder needs at least {min_frames} mel frames here, got {frames}")
         needed = self.source_samples(frames, finalize)
         if sine_noise.shape[1] < needed:
             raise ValueError(f"sine_noise has {sine_noise.shape[1]} samples; {needed} are needed for {frames} frames")
+        if cache_source is not None and cache_source.shape[2] > needed:
+            raise ValueError(f"cache_source has {cache_source.shape[2]} samples; {frames} frames make only {needed}")
         f0 = self.predict_f0(mel, finalize)
         source = self.m_source(f0, sine_noise[:, :needed])
+        if cache_source is not None:
+            source = splice_source(source, cache_source)
         if not finalize:
             mel = mel[:, :, :-F0_LOOK_RIGHT]
-        return self.decode(mel, source, finalize)
+        return self.decode(mel, source, finalize), source
+
+
+def splice_source(source: torch.Tensor, cache_source: torch.Tensor) -> torch.Tensor:
+    """source [1, 1, L] with its first C samples replaced by cache_source [1, 1, C].
+
+    A concat rather than an in-place write, so that an exported graph takes any cache length, zero included.
+    """
+    return torch.cat([cache_source.to(source.dtype), source[:, :, cache_source.shape[2]:]], dim=2)
 
 
 def load_hift_state_dict(module: CausalHiFT, state: dict[str, torch.Tensor]) -> None:
@@ -369,10 +391,22 @@ class TorchVocoder:
         self.hift = hift.to(self.device).eval()
         self.hift.stft.use_torch_fft = exact_fft
 
-    @torch.inference_mode()
-    def vocode(self, mel: np.ndarray, finalize: bool, sine_noise: np.ndarray) -> np.ndarray:
+    def _inputs(self, mel: np.ndarray, sine_noise: np.ndarray, finalize: bool) -> tuple[torch.Tensor, torch.Tensor]:
         needed = self.hift.source_samples(mel.shape[2], finalize)
         mel_t = torch.from_numpy(np.ascontiguousarray(mel, dtype=np.float32)).to(self.device)
         # np.array copies: the noise cache is read-only and torch wants writable memory.
         noise_t = torch.from_numpy(np.array(sine_noise[:, :needed], dtype=np.float32)).to(self.device)
+        return mel_t, noise_t
+
+    @torch.inference_mode()
+    def vocode(self, mel: np.ndarray, finalize: bool, sine_noise: np.ndarray) -> np.ndarray:
+        mel_t, noise_t = self._inputs(mel, sine_noise, finalize)
         return self.hift(mel_t, finalize, noise_t).cpu().numpy()
+
+    @torch.inference_mode()
+    def vocode_with_source(self, mel: np.ndarray, sine_noise: np.ndarray,
+                           cache_source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        mel_t, noise_t = self._inputs(mel, sine_noise, True)
+        cache_t = torch.from_numpy(np.array(cache_source, dtype=np.float32).reshape(1, 1, -1)).to(self.device)
+        speech, source = self.hift.synthesize(mel_t, True, noise_t, cache_t)
+        return speech.cpu().numpy(), source.cpu().numpy()

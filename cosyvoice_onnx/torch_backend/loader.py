@@ -7,13 +7,18 @@ import torch
 
 from ..model_files import ModelFiles, load_checkpoint, load_strict, normalize_hift_keys
 from .flow import CausalFlow, TorchFlow, flow_noise_buffer_torch
+from .flow_v2 import ConformerUNetFlow
 from .hift import CausalHiFT, TorchVocoder
 from .llm import CosyVoice3LM, TorchLanguageModel
 
 
+# FlowConfig.kind -> the flow module: CV3's pre-lookahead + DiT, CV2's conformer + UNet.
+FLOW_CLASSES = {"dit": CausalFlow, "conformer_unet": ConformerUNetFlow}
+
+
 def build_modules(cfg) -> dict[str, torch.nn.Module]:
     """Fresh modules for a config (random init); their state dicts have the official keys."""
-    return {"lm": CosyVoice3LM(cfg.llm), "flow": CausalFlow(cfg.flow), "vocoder": CausalHiFT(cfg.hift)}
+    return {"lm": CosyVoice3LM(cfg.llm), "flow": FLOW_CLASSES[cfg.flow.kind](cfg.flow), "vocoder": CausalHiFT(cfg.hift)}
 
 
 def load_module(files: ModelFiles, stage: str) -> torch.nn.Module:
@@ -22,7 +27,7 @@ def load_module(files: ModelFiles, stage: str) -> torch.nn.Module:
         module, path = CosyVoice3LM(cfg.llm), files.llm
         state = load_checkpoint(path)
     elif stage == "flow":
-        module, path = CausalFlow(cfg.flow), files.flow
+        module, path = FLOW_CLASSES[cfg.flow.kind](cfg.flow), files.flow
         state = load_checkpoint(path)
     elif stage == "vocoder":
         module, path = CausalHiFT(cfg.hift), files.hift

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
-from ...prompts import CV3_INSTRUCT_PRESETS
+from ...prompts import INSTRUCT_PRESETS
 from ..handlers import MAX_SEED, MAX_TEXT_CHARS, Studio, random_seed
 from ..models_admin import known_models
 from ..text_tools import TAG_BUTTONS, apply_pinyin, insert_tag_js, polyphone_choices, reading_choices
@@ -17,8 +17,9 @@ PRECISIONS = ["fp32", "fp16", "int8"]
 JOINS = ["none", "crossfade", "silence"]
 # The A/B selectors offer the whole-model specs and one per-stage layout (any spec can be typed).
 AB_BACKENDS = ["torch", "onnx", "onnx:fp16", "onnx:int8", "lm=onnx:int8,flow=torch,vocoder=onnx"]
-PRESET_CHOICES = [(f"{group}: {key}", text) for group, items in CV3_INSTRUCT_PRESETS.items()
-                  for key, text in items.items()]
+# Every release's preset names; the instruction is filled in the chosen model's own wording (prompts.py).
+PRESET_CHOICES = list(dict.fromkeys((f"{group}: {key}", f"{group}:{key}") for presets in INSTRUCT_PRESETS.values()
+                                    for group, items in presets.items() for key in items))
 PRIVATE = {"api_visibility": "private", "queue": False}
 
 

@@ -1,0 +1,117 @@
+"""`cosyvoice-onnx bench`: the analytic cost model against torch's FLOP counter, and a quick smoke run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from cosyvoice_onnx.bench import Workload, flow_cost, lm_decode_cost, lm_prefill_cost, prepare, vocoder_cost
+from cosyvoice_onnx.config import load_config
+from cosyvoice_onnx.torch_backend.loader import build_modules
+
+
+@pytest.fixture(scope="module")
+def tiny_modules(tiny_model_dir):
+    cfg = load_config(tiny_model_dir)
+    modules = build_modules(cfg)
+    for module in modules.values():
+        module.eval()
+    return cfg, modules
+
+
+def counted_flops(fn) -> int:
+    """FLOPs torch's counter sees; the math SDPA backend spells attention as matmuls, so it is counted too."""
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def matmul_weight_count(modules) -> int:
+    """Elements of every Linear/Conv weight: what the cost model counts as weights."""
+    return sum(m.weight.numel() for m in modules if isinstance(m, (torch.nn.Linear, torch.nn.Conv1d)))
+
+
+def test_lm_costs_match_the_flop_counter_and_the_parameter_count(tiny_modules):
+    cfg, modules = tiny_modules
+    lm, c = modules["lm"], cfg.llm
+    length = 23
+    prefix = torch.randn(1, length, c.hidden_size)
+    flops = counted_flops(lambda: lm.logits(lm.forward_hidden(prefix)[0][:, -1]))
+    # torch counts the full L x L attention; the model counts only the causal half the math needs.
+    masked_half = c.num_layers * 4 * c.num_heads * c.head_dim * (length * length - length * (length + 1) / 2)
+    assert flops == pytest.approx(lm_prefill_cost(c, length, 4).flops + masked_half, rel=1e-9)
+
+    _, cache = lm.forward_hidden(prefix)
+    step = lm.embed_speech(torch.tensor([5]))
+    flops = counted_flops(lambda: lm.logits(lm.forward_hidden(step, cache)[0][:, -1]))
+    assert flops == pytest.approx(lm_decode_cost(c, length + 1, 4).flops, rel=1e-9)
+
+    layers = list(lm.backbone.layers.modules()) + [lm.llm_decoder]
+    cache_bytes = c.num_layers * 2 * c.num_kv_heads * c.head_dim * (length + 1) * 4
+    assert lm_decode_cost(c, length + 1, 1).bytes == matmul_weight_count(layers) + cache_bytes
+
+
+def test_flow_cost_matches_the_flop_counter_and_the_parameter_count(tiny_modules):
+    cfg, modules = tiny_modules
+    f, flow = cfg.flow, modules["flow"]
+    tokens = 17
+    frames = tokens * f.token_mel_ratio
+    x, mu, cond = (torch.randn(2, f.mel_dim, frames) for _ in range(3))
+    args = (x, torch.ones(2, 1, frames), mu, torch.rand(2), torch.randn(2, f.mel_dim), cond)
+    estimator = counted_flops(lambda: flow.estimator(*args))
+    encoder = counted_flops(lambda: flow.encode_tokens(torch.randint(0, 100, (1, tokens)), True))
+    assert flow_cost(f, tokens).flops == pytest.approx(f.n_timesteps * estimator + encoder, rel=1e-9)
+    # Every estimator weight is read once per solver step, the encoder's once.
+    weights = (f.n_timesteps * matmul_weight_count(flow.estimator.modules())
+               + matmul_weight_count(flow.pre_lookahead_layer.modules()))
+    assert flow_cost(f, tokens).bytes == 4 * weights
+
+
+def test_vocoder_cost_matches_the_flop_counter(tiny_modules):
+    cfg, modules = tiny_modules
+    hift = modules["vocoder"]
+    hift.stft.use_torch_fft = False  # the DFT convolutions are what the counter can see (and what ONNX runs)
+    frames = 12
+    noise = torch.rand(1, frames * cfg.hift.hop_samples, cfg.hift.nb_harmonics + 1)
+    flops = counted_flops(lambda: hift(torch.randn(1, cfg.hift.in_channels, frames), True, noise))
+    # Left out of the model on purpose: the NSF source's 9->1 linear and the f0 head (per sample / per frame), the
+    # iSTFT's window-envelope transposed conv, and conv_post over the one reflect-padded extra sample.
+    assert vocoder_cost(cfg.hift, frames).flops == pytest.approx(flops, rel=0.01)
+    assert vocoder_cost(cfg.hift, frames).flops < flops
+
+
+def test_quick_workload_streams_its_whole_request_as_the_first_chunk(tiny_model_dir):
+    cfg = load_config(tiny_model_dir)
+    quick, default = Workload.quick(), Workload()
+    assert default.stream_first_tokens(cfg) == 28 and default.stream_first_frames(cfg) == 50
+    assert quick.stream_first_tokens(cfg) == 28 and quick.prefill_len == 1 + 5 + 1 + 15
+
+
+def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path):
+    work, report_path = tmp_path / "work", tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "bench", "--size", "tiny", "--quick",
+                             "--work", work, "--threads", "1", "--json", report_path],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert set(report["backends"]) == {"torch", "onnx", "onnx:int8"}
+    for name, stages in report["backends"].items():
+        expected = {"lm_prefill", "lm_decode", "e2e", "ttfa"} | (set() if name == "onnx:int8" else {"flow", "vocoder"})
+        assert expected <= set(stages), name
+        assert all(stages[s]["median_s"] > 0 for s in expected)
+        assert stages["e2e"]["audio_s"] == pytest.approx(2.0)
+        assert stages["peak_rss_bytes"] > 10 << 20
+    for precision in ("fp32", "int8"):
+        assert all(b["seconds"] > 0 for b in report["bounds"][precision].values())
+    assert report["rates"]["ort_sgemm_gflops"] > 0 and report["rates"]["copy_gbps"] > 0
+    for label in report["labels"].values():
+        assert label in result.stdout
+    assert "torch/onnx:int8" in result.stdout
+
+    messages = []
+    prepare("tiny", work, ["fp32", "int8"], progress=messages.append)
+    assert messages == [f"reusing the export in {work / 'model-tiny' / 'onnx'}"]

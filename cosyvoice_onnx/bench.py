@@ -13,22 +13,23 @@ LM (Qwen2: hidden H, layers N, heads h (kv heads g), head dim d, MLP width I, sp
                              B = (N*P + H*V)*w + N*2*g*d*L*4         (w = 4 bytes fp32, 1 byte int8 weights)
     decode, context c:       F = 2*(N*P + H*V) + N*4*h*d*c
                              B = (N*P + H*V)*w + N*2*g*d*c*4          (every weight and the whole cache, per token)
-Flow (DiT: width D, depth K, heads*dim_head A, FF mult m, mel M, conv-pos kernel k / groups G, T frames):
-    one estimator call on the CFG batch of two:
-        F = 2*2*T*(K*(4*D*A + 2*m*D*D) + 4*M*D + 2*k*D*D/G + D*M) + 2*K*4*A*T*T + 2*2*(K*6*D*D + 3*D*D)
+Flow (DiT: width D, depth K, heads*dim_head A, FF mult m, mel M, conv-pos kernel k / groups G, time-embedding
+width E, T frames); one estimator call on the CFG batch of two (the adaLN, output-norm and time MLPs run per row):
+        F = 2*2*T*(K*(4*D*A + 2*m*D*D) + 4*M*D + 2*k*D*D/G + D*M) + 2*K*4*A*T*T + 2*2*(K*6*D*D + 3*D*D + E*D)
         B = 4 * (all estimator weights)
     times n_timesteps (10), plus the token encoder (two small convs).
 Vocoder (HiFT, T mel frames, channels halving per upsample stage; every conv: F = 2*c_in*c_out*kernel*L_out):
     f0 predictor (5 convs at T frames, float64), STFT of the source and iSTFT (DFT convs, n_fft taps per frame),
     conv_pre, per stage i the upsampling conv, the source down-conv and source resblock, the 3 resblocks
     (2 convs per dilation) at L_i = T * prod(rates[:i+1]), conv_post. B = 4 * weights (8 for the f0 predictor).
-Bound = max(F / measured GEMM rate, B / measured bandwidth); "x bound" = measured time / bound.
+Bound = max(F / measured GEMM rate, B / measured read bandwidth); "x bound" = measured time / bound.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import platform
 import resource
@@ -51,7 +52,7 @@ from .errors import CosyVoiceError
 SIZES = ("tiny", "real")
 # A repeat is skipped once a stage has used this much time (at least one timed run always happens), which keeps a
 # real-size run on two cores within minutes while small stages still get several repeats for a stable median.
-STAGE_TIME_CAP_S = 45.0
+STAGE_TIME_CAP_S = 30.0
 SGEMM_SHAPE = (512, 1024, 4096)       # M, K, N: the flow's linear layers at ~a quarter of a 10 s request
 BANDWIDTH_BYTES = 256 << 20
 
@@ -106,6 +107,10 @@ class Cost:
         return Cost(self.flops * times, self.bytes * times)
 
 
+# A stage without a cost model here; NaN carries through the sums, and its bound is reported as unknown.
+UNMODELLED = Cost(math.nan, math.nan)
+
+
 def _lm_layer_params(c: LLMConfig) -> int:
     inner, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
     hidden = c.hidden_size
@@ -135,9 +140,13 @@ def lm_decode_run_cost(c: LLMConfig, first_context: int, tokens: int, weight_byt
     return total
 
 
-def flow_cost(f: FlowConfig, tokens: int) -> Cost:
-    """Token encoder plus n_timesteps estimator calls on the CFG batch of two, for `tokens` prompt+target tokens."""
-    frames = tokens * f.token_mel_ratio
+def flow_cost(f: FlowConfig, tokens: int, finalize: bool = True) -> Cost:
+    """Token encoder plus n_timesteps estimator calls on the CFG batch of two, for `tokens` prompt+target tokens
+    (not finalized, the last pre_lookahead_len tokens make no frames). Only CV3's DiT flow is modelled; CV2's
+    conformer + UNet flow gets no bound."""
+    if f.kind != "dit":
+        return UNMODELLED
+    frames = (tokens - (0 if finalize else f.pre_lookahead_len)) * f.token_mel_ratio
     dim, inner = f.dit_dim, f.dit_heads * f.dit_dim_head
     per_frame_block = 4 * dim * inner + 2 * f.dit_ff_mult * dim * dim
     per_frame_rest = 4 * f.mel_dim * dim + 2 * f.conv_pos_kernel * dim * dim // f.conv_pos_groups + dim * f.mel_dim
@@ -147,10 +156,14 @@ def flow_cost(f: FlowConfig, tokens: int) -> Cost:
              + batch * f.dit_depth * 4 * inner * frames * frames + 2 * batch * per_row)
     weights = f.dit_depth * per_frame_block + per_frame_rest + per_row
     encoder_params = f.mel_dim * f.pre_lookahead_channels * (f.pre_lookahead_len + 1 + 3)
-    return Cost(flops, 4 * weights) * f.n_timesteps + Cost(2 * tokens * encoder_params, 4 * encoder_params)
+    encoder_flops = 2 * (frames // f.token_mel_ratio) * encoder_params
+    return Cost(flops, 4 * weights) * f.n_timesteps + Cost(encoder_flops, 4 * encoder_params)
 
 
 def vocoder_cost(h: HiFTConfig, frames: int) -> Cost:
+    """CV3's causal HiFT (CV2's non-causal one, with transposed-conv upsampling, gets no bound)."""
+    if not h.causal:
+        return UNMODELLED
     total = Cost()
 
     def conv(c_in: int, c_out: int, kernel: int, length: int, weight_bytes: int = 4) -> None:
@@ -173,8 +186,10 @@ def vocoder_cost(h: HiFTConfig, frames: int) -> Cost:
         conv(c_in, c_out, kernel, length)
         down = int(np.prod(h.upsample_rates[i + 1:]))
         conv(spec, c_out, 2 * down if down > 1 else 1, length)
-        for k in (h.source_resblock_kernel_sizes[i], *h.resblock_kernel_sizes):
-            for _ in range(2 * len(h.resblock_dilation_sizes[0])):
+        blocks = [(h.source_resblock_kernel_sizes[i], h.source_resblock_dilation_sizes[i]),
+                  *zip(h.resblock_kernel_sizes, h.resblock_dilation_sizes)]
+        for k, dilations in blocks:
+            for _ in range(2 * len(dilations)):
                 conv(c_out, c_out, k, length)
     conv(h.base_channels >> len(h.upsample_rates), spec, 7, length)
     return total
@@ -196,7 +211,7 @@ def stage_costs(cfg: ModelConfig, work: Workload, lm_weight_bytes: float) -> dic
                 flow_cost(cfg.flow, work.flow_prompt_tokens + audio_tokens)
                 + vocoder_cost(cfg.hift, audio_tokens * cfg.flow.token_mel_ratio)),
         "ttfa": (prefill + lm_decode_run_cost(c, work.prefill_len, first - 1, lm_weight_bytes),
-                 flow_cost(cfg.flow, work.flow_prompt_tokens + first)
+                 flow_cost(cfg.flow, work.flow_prompt_tokens + first, finalize=first == audio_tokens)
                  + vocoder_cost(cfg.hift, work.stream_first_frames(cfg))),
     }
 
@@ -208,32 +223,36 @@ def bounds(cfg: ModelConfig, work: Workload, rates: dict) -> dict:
     vocoder run fp32 at every CPU precision.
     """
     fp32_rate = max(rates["ort_sgemm_gflops"], rates["numpy_sgemm_gflops"]) * 1e9
-    bandwidth = rates["copy_gbps"] * 1e9
+    bandwidth = rates["read_gbps"] * 1e9
 
     def seconds(cost: Cost, rate: float) -> float:
         return max(cost.flops / rate, cost.bytes / bandwidth)
+
+    def known(value: float) -> float | None:
+        return None if math.isnan(value) else value
 
     out = {}
     for precision, weight_bytes, lm_rate in (("fp32", 4.0, fp32_rate), ("int8", 1.0, rates["ort_int8_gops"] * 1e9)):
         out[precision] = {}
         for stage, (lm, rest) in stage_costs(cfg, work, weight_bytes).items():
             total = lm + rest
-            out[precision][stage] = {"gflop": total.flops / 1e9, "gbytes": total.bytes / 1e9,
-                                     "seconds": seconds(lm, lm_rate) + seconds(rest, fp32_rate)}
+            out[precision][stage] = {"gflop": known(total.flops / 1e9), "gbytes": known(total.bytes / 1e9),
+                                     "seconds": known(seconds(lm, lm_rate) + seconds(rest, fp32_rate))}
     return out
 
 
 # --------------------------------------------------------------------------- this machine
 
 
-def _median_time(fn: Callable[[], object], repeats: int) -> float:
+def _best_time(fn: Callable[[], object], repeats: int) -> float:
+    """Fastest of `repeats` runs after a warm-up: what the machine can do when nothing else gets in the way."""
     fn()
-    times = []
+    best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        best = min(best, time.perf_counter() - start)
+    return best
 
 
 def _matmul_model(path: Path, m: int, k: int, n: int) -> Path:
@@ -249,9 +268,8 @@ def _matmul_model(path: Path, m: int, k: int, n: int) -> Path:
     return path
 
 
-def measure_machine(threads: int) -> dict:
-    """GEMM rates (ONNX Runtime fp32 MatMul, dynamic-int8 MatMul, numpy) and copy bandwidth, on this machine now."""
-    import onnxruntime as ort
+def measure_machine(threads: int, repeats: int = 7) -> dict:
+    """GEMM rates (ONNX Runtime fp32 MatMul, dynamic-int8 MatMul, numpy) and memory bandwidth, best of `repeats`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from .onnx_backend.session import make_session
@@ -273,29 +291,35 @@ def measure_machine(threads: int) -> dict:
             root.setLevel(level)
         for name, path in (("ort_sgemm_gflops", fp32), ("ort_int8_gops", int8)):
             session = make_session(path, threads=threads, prefer_gpu=False)
-            out[name] = flops / _median_time(lambda s=session: s.run(None, {"a": a}), 5) / 1e9
+            out[name] = flops / _best_time(lambda s=session: s.run(None, {"a": a}), repeats) / 1e9
     w = np.random.default_rng(2).standard_normal((k, n), dtype=np.float32)
-    out["numpy_sgemm_gflops"] = flops / _median_time(lambda: a @ w, 5) / 1e9
-    out["copy_gbps"] = _copy_bandwidth(threads) / 1e9
-    out["gemm_shape"] = list(SGEMM_SHAPE)
-    out["onnxruntime"] = ort.__version__
+    out["numpy_sgemm_gflops"] = flops / _best_time(lambda: a @ w, repeats) / 1e9
+    out.update(_bandwidth(threads, repeats))
     return out
 
 
-def _copy_bandwidth(threads: int) -> float:
-    """Bytes/s of a large array copy (read + write counted) split over `threads` threads (numpy drops the GIL)."""
+def _bandwidth(threads: int, repeats: int) -> dict:
+    """GB/s of reading a large array (a sum: how weights stream through a GEMV) and of copying it (read + write
+    counted), split over `threads` threads; numpy releases the GIL in both."""
     src = np.ones(BANDWIDTH_BYTES // 4, dtype=np.float32)
     dst = np.zeros_like(src)
-    parts = np.array_split(np.arange(src.size), max(1, threads))
-    bounds = [(int(p[0]), int(p[-1]) + 1) for p in parts if p.size]
-    with ThreadPoolExecutor(len(bounds)) as pool:
-        def copy():
-            list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), bounds))
-        seconds = _median_time(copy, 5)
-    return 2 * src.nbytes / seconds
+    edges = np.linspace(0, src.size, max(1, threads) + 1).astype(int)
+    parts = list(zip(edges[:-1], edges[1:]))
+    with ThreadPoolExecutor(len(parts)) as pool:
+        read = _best_time(lambda: list(pool.map(lambda b: src[b[0]:b[1]].sum(), parts)), repeats)
+        copy = _best_time(lambda: list(pool.map(lambda b: np.copyto(dst[b[0]:b[1]], src[b[0]:b[1]]), parts)),
+                          repeats)
+    return {"read_gbps": src.nbytes / read / 1e9, "copy_gbps": 2 * src.nbytes / copy / 1e9}
+
+
+def best_rates(*measurements: dict) -> dict:
+    """Per figure the best of several measurements (taken before and after the backends, so that a burst of load
+    from elsewhere during one of them does not lower the bounds)."""
+    return {key: max(m[key] for m in measurements) for key in measurements[0]}
 
 
 def describe_machine() -> dict:
+    """CPU model and instruction sets, cores, RAM, versions and the load average, for the report's header."""
     info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "python": platform.python_version()}
     try:
@@ -324,18 +348,19 @@ def describe_machine() -> dict:
 
 
 def prepare(size: str, work: Path, precisions: list[str], model_dir: Path | None = None,
-            progress: Callable[[str], None] = print) -> tuple[Path, Path]:
+            progress: Callable[[str], None] = print, version: int = 3) -> tuple[Path, Path]:
     """(model folder, export folder): reuses what `work` (or `model_dir`) already holds, builds the rest."""
     from .manifest import check_export
     from .model_files import inspect_model_dir
 
     if model_dir is None:
-        model_dir = Path(work) / f"model-{size}"
-        if not (model_dir / "hift.pt").exists():
+        model_dir = Path(work) / (f"model-{size}" if version == 3 else f"model-{size}-cv{version}")
+        # make_tiny_model writes spk2info.pt last, so its presence means a complete folder.
+        if not (model_dir / "spk2info.pt").exists():
             from .tiny import make_tiny_model
 
-            progress(f"building a {size}-size model folder with random weights in {model_dir}")
-            make_tiny_model(model_dir, seed=0, size=size)
+            progress(f"building a {size}-size CosyVoice{version} model folder with random weights in {model_dir}")
+            make_tiny_model(model_dir, version=version, seed=0, size=size)
     files = inspect_model_dir(model_dir)
     export_dir = files.root / "onnx"
     try:
@@ -405,17 +430,30 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
         token2wav.mel(targets[:count], flow_prompt, prompt_mel, embedding, streaming=False, finalize=True)
 
     def request():
+        token2wav.reseed(work.seed)
         audio = token2wav.whole(list(sampled_tokens()), flow_prompt, prompt_mel, embedding)
         if len(audio) != work.flow_tokens * cfg.flow.token_mel_ratio * cfg.hift.hop_samples:
             raise RuntimeError(f"the request made {len(audio)} samples, not the {work.flow_tokens} tokens' worth")
 
     def first_chunk():
+        token2wav.reseed(work.seed)
         chunks = token2wav.stream(sampled_tokens(), flow_prompt, prompt_mel, embedding)
         next(chunks)
         chunks.close()
 
+    def warm_request():
+        """One call of every flow and vocoder session at the request's sizes: a backend that skips those stages
+        (int8) would otherwise time their first-run allocations inside the request."""
+        frames = (work.flow_prompt_tokens + work.flow_tokens) * cfg.flow.token_mel_ratio
+        x = np.zeros((2, cfg.flow.mel_dim, frames), dtype=np.float32)
+        stages.flow.estimate(x, np.ones((2, 1, frames), np.float32), x, np.zeros(2, np.float32),
+                             np.zeros((2, cfg.flow.mel_dim), np.float32), x, False)
+        stages.vocoder.vocode(mel, True, noise)
+        if cfg.hift.causal:
+            stages.vocoder.vocode(mel, False, noise)
+
     def already_warm():
-        """The request-level figures run after the stages above, which warmed every session."""
+        """Streaming runs after the request, which warmed every session."""
 
     return {
         "lm_prefill": (lambda: lm.prefill(text, lm_prompt), None),
@@ -423,7 +461,7 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
                       lambda: decode_per_token(min(10, work.decode_tokens))),
         "flow": (lambda: flow(work.flow_tokens), lambda: flow(1)),
         "vocoder": (lambda: stages.vocoder.vocode(mel, True, noise), None),
-        "e2e": (request, already_warm),
+        "e2e": (request, warm_request),
         "ttfa": (first_chunk, already_warm),
     }
 
@@ -436,7 +474,7 @@ def run_backend(job: dict) -> dict:
         torch.set_num_threads(int(job["threads"]))
     from .backends import load_stages, parse_backend
     from .model_files import inspect_model_dir
-    from .noise import HiftNoise
+    from .noise import hift_noise_source
     from .token2wav import Token2Wav
 
     work = Workload(**job["workload"])
@@ -444,7 +482,7 @@ def run_backend(job: dict) -> dict:
     files = inspect_model_dir(job["model_dir"])
     cfg = files.config
     stages = load_stages(files, parse_backend(job["backend"]), job["export_dir"])
-    token2wav = Token2Wav(cfg, stages.flow, stages.vocoder, stages.flow_noise, HiftNoise(cfg))
+    token2wav = Token2Wav(cfg, stages.flow, stages.vocoder, stages.flow_noise, hift_noise_source(cfg))
     result = {"backend": job["backend"], "load_s": time.perf_counter() - start}
     runs = _stage_runs(cfg, stages, token2wav, work)
     for stage in (s for s in STAGES if s in job["stages"]):
@@ -505,24 +543,26 @@ def backends_for(precisions: list[str], cuda: bool) -> list[str]:
 
 def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str | Path | None = None,
               precisions: str = "fp32,int8", threads: int | None = None, repeats: int = 3,
-              workload: Workload | None = None, progress: Callable[[str], None] = print) -> dict:
+              workload: Workload | None = None, progress: Callable[[str], None] = print, version: int = 3) -> dict:
     """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes)."""
     import onnxruntime as ort
 
     from .export.exporter import parse_precisions
+    from .onnx_backend.session import default_threads
 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose {' or '.join(SIZES)}")
     workload = workload or Workload()
-    threads = threads or os.cpu_count() or 1
+    threads = threads or default_threads()
     wanted = parse_precisions(precisions)
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     work = Path(work) if work else default_work_dir()
-    model, export_dir = prepare(size, work, wanted, Path(model_dir) if model_dir else None, progress)
-    report = {"size": size if model_dir is None else str(model), "machine": describe_machine(),
+    model, export_dir = prepare(size, work, wanted, Path(model_dir) if model_dir else None, progress, version)
+    described = str(model) if model_dir else f"CosyVoice{version} dimensions ({size}), seeded random weights"
+    report = {"model": described, "machine": describe_machine(),
               "workload": asdict(workload), "threads": threads}
-    progress("measuring this machine (GEMM rates, copy bandwidth)")
-    report["rates"] = measure_machine(threads)
+    progress("measuring this machine (GEMM rates, memory bandwidth)")
+    before = measure_machine(threads)
     report["backends"] = {}
     for backend in backends_for(wanted, cuda):
         precision = backend.partition(":")[2]
@@ -531,6 +571,7 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
         report["backends"][backend] = run_backend_subprocess(
             _backend_job(backend, model, export_dir, threads, repeats, workload, stages))
     report["machine"]["load_average_after"] = list(os.getloadavg())
+    report["rates"] = {**best_rates(before, measure_machine(threads)), "gemm_shape": list(SGEMM_SHAPE)}
     from .model_files import inspect_model_dir
 
     cfg = inspect_model_dir(model).config
@@ -547,8 +588,14 @@ def default_work_dir() -> Path:
 # --------------------------------------------------------------------------- report
 
 
-def _seconds(value: float) -> str:
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "n/a"
     return f"{value * 1e3:.1f} ms" if value < 1 else f"{value:.2f} s"
+
+
+def _number(value: float | None, digits: int) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def stage_labels(cfg: ModelConfig, work: Workload) -> dict[str, str]:
@@ -571,7 +618,7 @@ def format_report(report: dict) -> str:
     backends = report["backends"]
     onnx_names = [name for name in backends if name != "torch"]
     lines = [
-        f"model: {report['size']} size; {report['threads']} threads; {machine.get('cpu')} "
+        f"model: {report['model']}; {report['threads']} threads; {machine.get('cpu')} "
         f"({machine.get('usable_cores', machine.get('cores'))} usable cores, {machine.get('ram_gb')} GB RAM, "
         f"{' '.join(machine.get('isa', []))})",
         f"python {machine['python']}, numpy {machine['numpy']}, onnxruntime {machine['onnxruntime']}, "
@@ -579,26 +626,29 @@ def format_report(report: dict) -> str:
         f"{'/'.join(f'{x:.1f}' for x in machine.get('load_average_after', []))} after",
         f"this machine: ORT sgemm {rates['ort_sgemm_gflops']:.0f} GFLOP/s, numpy sgemm "
         f"{rates['numpy_sgemm_gflops']:.0f} GFLOP/s, ORT dynamic int8 GEMM {rates['ort_int8_gops']:.0f} GOP/s "
-        f"({'x'.join(map(str, rates['gemm_shape']))}), copy {rates['copy_gbps']:.1f} GB/s",
-        "cells: median time (its multiple of the lower bound); bound = max(FLOPs / GEMM rate, bytes / bandwidth)",
+        f"({'x'.join(map(str, rates['gemm_shape']))}); read {rates['read_gbps']:.1f} GB/s, copy "
+        f"{rates['copy_gbps']:.1f} GB/s (best of runs before and after the backends)",
+        "cells: median time (its multiple of the lower bound); bound = max(FLOPs / GEMM rate, bytes / read bandwidth)",
         "",
     ]
-    header = ["stage", "GFLOP", "GB", "bound fp32", "bound int8"] + list(backends) + [
+    header = ["stage", "GFLOP", "GB fp32", "bound fp32", "bound int8"] + list(backends) + [
         f"torch/{name}" for name in onnx_names]
     rows = [header]
     labels = report["labels"]
     for stage in STAGES:
-        row = [labels[stage], f"{report['bounds']['fp32'][stage]['gflop']:.1f}",
-               f"{report['bounds']['fp32'][stage]['gbytes']:.2f}"]
+        fp32 = report["bounds"]["fp32"][stage]
+        row = [labels[stage], _number(fp32["gflop"], 1), _number(fp32["gbytes"], 2)]
         row += [_seconds(report["bounds"][p][stage]["seconds"]) for p in ("fp32", "int8")]
         for name in backends:
             measured = backends[name].get(stage)
             if measured is None:
                 row.append("-")
                 continue
-            precision = "int8" if name.endswith(":int8") else "fp32"
-            bound = report["bounds"][precision][stage]["seconds"]
-            cell = f"{_seconds(measured['median_s'])} ({measured['median_s'] / bound:.1f}x)"
+            cell = _seconds(measured["median_s"])
+            # The bounds describe this CPU; an fp16 run is on the GPU, which the bench does not measure.
+            bound = report["bounds"].get(name.partition(":")[2] or "fp32", {}).get(stage, {}).get("seconds")
+            if bound:
+                cell += f" ({measured['median_s'] / bound:.1f}x)"
             if stage == "e2e":
                 cell += f" RTF {measured['median_s'] / measured['audio_s']:.2f}"
             row.append(cell)
@@ -622,12 +672,14 @@ def add_bench_command(sub) -> None:
     """Registers `cosyvoice-onnx bench` on the CLI's subparsers."""
     b = sub.add_parser("bench", help="time every stage on PyTorch and ONNX Runtime against this machine's bounds")
     b.add_argument("--size", default="tiny", choices=SIZES, help="random-weight model size (ignored with --model)")
+    b.add_argument("--version", type=int, default=3, choices=[3, 2], help="CosyVoice release of the random model")
     b.add_argument("--model", type=Path, default=None, help="benchmark this model folder instead (export reused)")
     b.add_argument("--work", type=Path, default=None,
                    help=f"folder for the generated model and its export, reused by later runs "
                         f"(default {default_work_dir()})")
     b.add_argument("--precisions", default="fp32,int8", help="ONNX precisions: fp32, int8 (LM), fp16 (CUDA only)")
-    b.add_argument("--threads", type=int, default=None, help="threads per backend (default: all cores)")
+    b.add_argument("--threads", type=int, default=None,
+                   help="threads per backend (default: the ONNX backend's, one per physical core)")
     b.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after a warm-up")
     b.add_argument("--quick", action="store_true", help="a 2 s request and one repeat: a check that it all runs")
     b.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
@@ -637,7 +689,7 @@ def add_bench_command(sub) -> None:
 def _cmd_bench(args) -> int:
     report = run_bench(args.size, args.work, args.model, args.precisions, args.threads,
                        1 if args.quick else args.repeats, Workload.quick() if args.quick else Workload(),
-                       progress=lambda message: print(message, file=sys.stderr, flush=True))
+                       progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -115,3 +115,49 @@ def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path)
     messages = []
     prepare("tiny", work, ["fp32", "int8"], progress=messages.append)
     assert messages == [f"reusing the export in {work / 'model-tiny' / 'onnx'}"]
+
+
+def test_default_threads_count_physical_cores_within_the_cpu_quota(tmp_path, monkeypatch):
+    from cosyvoice_onnx.onnx_backend.session import default_threads
+
+    monkeypatch.delenv("COSYVOICE_ORT_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    sysfs = tmp_path / "cpu"
+    for cpu, siblings in {0: "0,2", 1: "1,3", 2: "0,2", 3: "1,3"}.items():
+        (sysfs / f"cpu{cpu}" / "topology").mkdir(parents=True)
+        (sysfs / f"cpu{cpu}" / "topology" / "thread_siblings_list").write_text(siblings + "\n")
+    quota = tmp_path / "cpu.max"
+    assert default_threads(sysfs, quota) == 2          # 4 logical CPUs, 2 cores, no cgroup file
+    quota.write_text("max 100000\n")
+    assert default_threads(sysfs, quota) == 2
+    quota.write_text("50000 100000\n")
+    assert default_threads(sysfs, quota) == 1          # half a CPU of quota still gets one thread
+    assert default_threads(tmp_path / "no-sysfs", tmp_path / "none") == 4  # unknown topology: one per CPU
+    monkeypatch.setenv("COSYVOICE_ORT_THREADS", "3")
+    assert default_threads(sysfs, quota) == 3
+
+
+def test_unmodelled_stages_get_no_bound_but_the_lm_keeps_its_own():
+    from cosyvoice_onnx.bench import bounds
+    from cosyvoice_onnx.config import FlowConfig, HiFTConfig, ModelConfig
+
+    cfg = ModelConfig(version=2, yaml_name="cosyvoice2.yaml", speech_tokenizer_file="speech_tokenizer_v2.onnx",
+                      flow=FlowConfig(kind="conformer_unet"), hift=HiFTConfig(causal=False))
+    rates = {"ort_sgemm_gflops": 100.0, "numpy_sgemm_gflops": 50.0, "ort_int8_gops": 400.0, "read_gbps": 10.0}
+    result = bounds(cfg, Workload(), rates)["fp32"]
+    assert all(result[s]["seconds"] is None for s in ("flow", "vocoder", "e2e", "ttfa"))
+    # The decode step streams every LM weight once: at 10 GB/s its bound is bytes / 1e10.
+    decode = lm_decode_cost(cfg.llm, Workload().prefill_len + 1, 4)
+    assert result["lm_decode"]["seconds"] == pytest.approx(decode.bytes / 1e10, rel=0.01)
+
+
+def test_a_streaming_flow_chunk_costs_its_frames_without_the_look_ahead(tiny_modules):
+    cfg, modules = tiny_modules
+    f, flow = cfg.flow, modules["flow"]
+    tokens = 20
+    frames = (tokens - f.pre_lookahead_len) * f.token_mel_ratio
+    x, mu, cond = (torch.randn(2, f.mel_dim, frames) for _ in range(3))
+    args = (x, torch.ones(2, 1, frames), mu, torch.rand(2), torch.randn(2, f.mel_dim), cond)
+    estimator = counted_flops(lambda: flow.estimator(*args, streaming=True))
+    encoder = counted_flops(lambda: flow.encode_tokens(torch.randint(0, 100, (1, tokens)), False))
+    assert flow_cost(f, tokens, finalize=False).flops == pytest.approx(f.n_timesteps * estimator + encoder, rel=1e-9)

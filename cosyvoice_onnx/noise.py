@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import HiFTConfig, ModelConfig
 from .errors import InputError
+
+F0_LOOK_RIGHT = 3  # mel frames the causal f0 predictor reads ahead when not finalizing
+
+
+def vocoder_source_samples(cfg: HiFTConfig, frames: int, finalize: bool, noise_samples: int) -> int:
+    """NSF source (and noise) samples `frames` mel frames use; refuses a mel or noise too short for the vocoder."""
+    min_frames = 1 if finalize else F0_LOOK_RIGHT + cfg.conv_pre_look_right + 1
+    if frames < min_frames:
+        raise ValueError(f"the vocoder needs at least {min_frames} mel frames here, got {frames}")
+    needed = cfg.hop_samples * (frames if finalize else frames - F0_LOOK_RIGHT)
+    if noise_samples < needed:
+        raise ValueError(f"sine_noise has {noise_samples} samples; {needed} are needed for {frames} frames")
+    return needed
 
 _MT_STATE_WORDS = 624
 _UNIFORM_BITS = 24

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
+from ..noise import vocoder_source_samples
 from .session import make_session
 
 # HiFTConfig.causal -> {finalize: graph}. The causal (CV3) vocoder has a look-ahead graph for streaming; the
@@ -39,13 +40,7 @@ class OnnxVocoder:
         return self.cfg.hop_samples * (frames if finalize else frames - F0_LOOK_RIGHT)
 
     def _feeds(self, mel: np.ndarray, finalize: bool, sine_noise: np.ndarray) -> dict[str, np.ndarray]:
-        frames = mel.shape[2]
-        min_frames = 1 if finalize else F0_LOOK_RIGHT + self.cfg.conv_pre_look_right + 1
-        if frames < min_frames:
-            raise ValueError(f"the vocoder needs at least {min_frames} mel frames here, got {frames}")
-        needed = self.source_samples(frames, finalize)
-        if sine_noise.shape[1] < needed:
-            raise ValueError(f"sine_noise has {sine_noise.shape[1]} samples; {needed} are needed for {frames} frames")
+        needed = vocoder_source_samples(self.cfg, mel.shape[2], finalize, sine_noise.shape[1])
         return {
             "mel": np.ascontiguousarray(mel, dtype=np.float32),
             # Exactly the samples this length uses: callers hand over 480*T, more than the look-ahead graph needs.

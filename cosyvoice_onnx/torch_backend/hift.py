@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from ..config import HiFTConfig
+from ..noise import vocoder_source_samples
 
 # The CV3 f0 predictor's first conv sees this many future frames; the official hard-codes it.
 F0_LOOK_RIGHT = 3
@@ -343,12 +344,7 @@ class CausalHiFT(nn.Module):
             raise ValueError("the non-causal (CosyVoice2) HiFT has no look-ahead mode; call it with finalize=True")
         if cache_source is not None and self.cfg.causal:
             raise ValueError("only the non-causal (CosyVoice2) HiFT takes a source cache")
-        min_frames = 1 if finalize else F0_LOOK_RIGHT + self.cfg.conv_pre_look_right + 1
-        if frames < min_frames:
-            raise ValueError(f"the vocoder needs at least {min_frames} mel frames here, got {frames}")
-        needed = self.source_samples(frames, finalize)
-        if sine_noise.shape[1] < needed:
-            raise ValueError(f"sine_noise has {sine_noise.shape[1]} samples; {needed} are needed for {frames} frames")
+        needed = vocoder_source_samples(self.cfg, frames, finalize, sine_noise.shape[1])
         if cache_source is not None and cache_source.shape[2] > needed:
             raise ValueError(f"cache_source has {cache_source.shape[2]} samples; {frames} frames make only {needed}")
         f0 = self.predict_f0(mel, finalize)

@@ -437,14 +437,19 @@ def _read_llm(cfg: ModelConfig, llm: dict, release: Release) -> None:
     cfg.llm.tau_r = float(_get(sampling, "tau_r", cfg.llm.tau_r))
 
 
-def _read_dit_flow(f: FlowConfig, flow: dict) -> None:
-    """cosyvoice3.yaml's `flow:` section (CausalMaskedDiffWithDiT) into `f`."""
-    f.kind = "dit"
+def _read_flow_common(f: FlowConfig, flow: dict) -> None:
+    """The flow fields both releases' yaml files spell the same way."""
     f.mel_dim = int(_get(flow, "output_size", f.mel_dim))
     f.vocab_size = int(_get(flow, "vocab_size", f.vocab_size))
     f.spk_embed_dim = int(_get(flow, "spk_embed_dim", f.spk_embed_dim))
     f.token_mel_ratio = int(_get(flow, "token_mel_ratio", f.token_mel_ratio))
     f.pre_lookahead_len = int(_get(flow, "pre_lookahead_len", f.pre_lookahead_len))
+
+
+def _read_dit_flow(f: FlowConfig, flow: dict) -> None:
+    """cosyvoice3.yaml's `flow:` section (CausalMaskedDiffWithDiT) into `f`."""
+    f.kind = "dit"
+    _read_flow_common(f, flow)
     pll = _get(flow, "pre_lookahead_layer", {})
     f.pre_lookahead_channels = int(_get(pll, "channels", f.pre_lookahead_channels))
     decoder = _get(flow, "decoder", {})
@@ -543,11 +548,7 @@ def apply_flow_v2_hyperparams(flow_cfg: FlowConfig, flow_section: dict) -> None:
         raise ModelFolderError(f"cosyvoice2.yaml flow: {what} = {value!r} is not supported (expected {wanted!r})")
 
     f.kind = "conformer_unet"
-    f.mel_dim = int(_get(flow_section, "output_size", f.mel_dim))
-    f.vocab_size = int(_get(flow_section, "vocab_size", f.vocab_size))
-    f.spk_embed_dim = int(_get(flow_section, "spk_embed_dim", f.spk_embed_dim))
-    f.token_mel_ratio = int(_get(flow_section, "token_mel_ratio", f.token_mel_ratio))
-    f.pre_lookahead_len = int(_get(flow_section, "pre_lookahead_len", f.pre_lookahead_len))
+    _read_flow_common(f, flow_section)
     if f.token_mel_ratio != 2:
         refuse("token_mel_ratio", f.token_mel_ratio, 2)  # the official encoder always upsamples by 2
 

@@ -54,6 +54,26 @@ def _qwen_config(dims: dict, vocab_size: int = 151936) -> dict:
 
 
 
+
+def yaml_header(dims: dict) -> str:
+    """The seeds and fixed parameters both releases' yaml files open with."""
+    hidden = dims["llm"]["hidden_size"]
+    return f"""__set_seed1: !apply:random.seed [1986]
+__set_seed2: !apply:numpy.random.seed [1986]
+__set_seed3: !apply:torch.manual_seed [1986]
+__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
+
+sample_rate: 24000
+llm_input_size: {hidden}
+llm_output_size: {hidden}
+spk_embed_dim: 192
+qwen_pretrain_path: ''
+token_frame_rate: 25
+token_mel_ratio: 2
+
+chunk_size: 25
+num_decoding_left_chunks: -1"""
+
 def hift_yaml(h: dict, causal: bool) -> str:
     """The `hift:` section both releases share; CV3 names the causal classes and adds conv_pre_look_right."""
     generator, f0 = (("CausalHiFTGenerator", "CausalConvRNNF0Predictor") if causal
@@ -87,21 +107,7 @@ def cv3_yaml(dims: dict = TINY) -> str:
     """The official cosyvoice3.yaml model sections, tiny dimensions, HyperPyYAML tags as in the release."""
     f, h = dims["flow"], dims["hift"]
     return f"""# Synthetic tiny Fun-CosyVoice3 model written by `cosyvoice-onnx make-tiny-model` (random weights).
-__set_seed1: !apply:random.seed [1986]
-__set_seed2: !apply:numpy.random.seed [1986]
-__set_seed3: !apply:torch.manual_seed [1986]
-__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
-
-sample_rate: 24000
-llm_input_size: {dims['llm']['hidden_size']}
-llm_output_size: {dims['llm']['hidden_size']}
-spk_embed_dim: 192
-qwen_pretrain_path: ''
-token_frame_rate: 25
-token_mel_ratio: 2
-
-chunk_size: 25
-num_decoding_left_chunks: -1
+{yaml_header(dims)}
 
 llm: !new:cosyvoice.llm.llm.CosyVoice3LM
     llm_input_size: !ref <llm_input_size>
@@ -180,21 +186,7 @@ def cv2_yaml(dims: dict = TINY_V2) -> str:
     given dimensions, plus some of its GAN and data sections, which a reader must pass over."""
     f, h = dims["flow"], dims["hift"]
     return f"""# Synthetic tiny CosyVoice2 model written by `cosyvoice-onnx make-tiny-model --version 2` (random weights).
-__set_seed1: !apply:random.seed [1986]
-__set_seed2: !apply:numpy.random.seed [1986]
-__set_seed3: !apply:torch.manual_seed [1986]
-__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
-
-sample_rate: 24000
-llm_input_size: {dims['llm']['hidden_size']}
-llm_output_size: {dims['llm']['hidden_size']}
-spk_embed_dim: 192
-qwen_pretrain_path: ''
-token_frame_rate: 25
-token_mel_ratio: 2
-
-chunk_size: 25
-num_decoding_left_chunks: -1
+{yaml_header(dims)}
 
 llm: !new:cosyvoice.llm.llm.Qwen2LM
     llm_input_size: !ref <llm_input_size>

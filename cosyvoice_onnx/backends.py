@@ -12,6 +12,7 @@ from .model_files import ModelFiles
 
 STAGES = ("lm", "flow", "vocoder")
 BACKENDS = ("torch", "onnx")
+INT8_STAGES = ("lm", "flow")
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,8 @@ def parse_backend(spec: str | dict | None) -> dict[str, StageChoice]:
         spec = "torch"
     if isinstance(spec, str) and "=" not in spec:
         choice = _parse_choice(spec)
-        # int8 is an LM-only precision; the other stages stay fp32 under a global int8 choice.
-        return {s: choice if (s == "lm" or choice.precision != "int8") else StageChoice(choice.backend)
+        # int8 graphs exist for the LM and the flow estimator; the vocoder stays fp32 under a global int8 choice.
+        return {s: choice if (s in INT8_STAGES or choice.precision != "int8") else StageChoice(choice.backend)
                 for s in STAGES}
     if isinstance(spec, str):
         items = dict(part.split("=", 1) for part in spec.split(",") if part.strip())

@@ -103,6 +103,9 @@ class Cost:
     def __add__(self, other: Cost) -> Cost:
         return Cost(self.flops + other.flops, self.bytes + other.bytes)
 
+    def __sub__(self, other: Cost) -> Cost:
+        return Cost(self.flops - other.flops, self.bytes - other.bytes)
+
     def __mul__(self, times: float) -> Cost:
         return Cost(self.flops * times, self.bytes * times)
 
@@ -160,6 +163,17 @@ def flow_cost(f: FlowConfig, tokens: int, finalize: bool = True) -> Cost:
     return Cost(flops, 4 * weights) * f.n_timesteps + Cost(encoder_flops, 4 * encoder_params)
 
 
+def flow_weight_matmul_cost(f: FlowConfig, tokens: int, finalize: bool = True) -> Cost:
+    """The part of flow_cost in the estimator's per-frame weight MatMuls (what the int8 estimator quantizes):
+    q, k, v, out and feed-forward per block, the input projection and proj_out; fp32 weight bytes."""
+    if f.kind != "dit":
+        return UNMODELLED
+    frames = (tokens - (0 if finalize else f.pre_lookahead_len)) * f.token_mel_ratio
+    dim, inner = f.dit_dim, f.dit_heads * f.dit_dim_head
+    weights = f.dit_depth * (4 * dim * inner + 2 * f.dit_ff_mult * dim * dim) + 4 * f.mel_dim * dim + dim * f.mel_dim
+    return Cost(2 * 2 * frames * weights, 4 * weights) * f.n_timesteps
+
+
 def vocoder_cost(h: HiFTConfig, frames: int) -> Cost:
     """CV3's causal HiFT (CV2's non-causal one, with transposed-conv upsampling, gets no bound)."""
     if not h.causal:
@@ -195,32 +209,41 @@ def vocoder_cost(h: HiFTConfig, frames: int) -> Cost:
     return total
 
 
-def stage_costs(cfg: ModelConfig, work: Workload, lm_weight_bytes: float) -> dict[str, tuple[Cost, Cost]]:
-    """Per timed quantity: (LM part, flow + vocoder part); decode is per token (averaged over the timed run)."""
+def stage_costs(cfg: ModelConfig, work: Workload, weight_bytes: float) -> dict[str, tuple[Cost, Cost]]:
+    """Per timed quantity: (the part that runs at the precision's GEMM rate with `weight_bytes` per weight: the LM
+    and, for int8, the estimator's weight MatMuls; the part that is always fp32); decode is per token."""
     c, audio_tokens = cfg.llm, work.flow_tokens
-    prefill = lm_prefill_cost(c, work.prefill_len, lm_weight_bytes)
+    prefill = lm_prefill_cost(c, work.prefill_len, weight_bytes)
     first = work.stream_first_tokens(cfg)
+
+    def flow(tokens: int, finalize: bool = True) -> tuple[Cost, Cost]:
+        total = flow_cost(cfg.flow, tokens, finalize)
+        if weight_bytes == 4:
+            return Cost(), total
+        matmuls = flow_weight_matmul_cost(cfg.flow, tokens, finalize)
+        return Cost(matmuls.flops, matmuls.bytes * weight_bytes / 4), total - matmuls
+
+    whole = flow(work.flow_prompt_tokens + audio_tokens)
+    streamed = flow(work.flow_prompt_tokens + first, first == audio_tokens)
     return {
         "lm_prefill": (prefill, Cost()),
-        "lm_decode": (lm_decode_run_cost(c, work.prefill_len, work.decode_tokens, lm_weight_bytes)
+        "lm_decode": (lm_decode_run_cost(c, work.prefill_len, work.decode_tokens, weight_bytes)
                       * (1 / work.decode_tokens), Cost()),
-        "flow": (Cost(), flow_cost(cfg.flow, work.flow_prompt_tokens + audio_tokens)),
+        "flow": whole,
         "vocoder": (Cost(), vocoder_cost(cfg.hift, work.vocoder_frames)),
         # The first token comes from the prefill, so a request of n tokens takes n - 1 decode steps.
-        "e2e": (prefill + lm_decode_run_cost(c, work.prefill_len, audio_tokens - 1, lm_weight_bytes),
-                flow_cost(cfg.flow, work.flow_prompt_tokens + audio_tokens)
-                + vocoder_cost(cfg.hift, audio_tokens * cfg.flow.token_mel_ratio)),
-        "ttfa": (prefill + lm_decode_run_cost(c, work.prefill_len, first - 1, lm_weight_bytes),
-                 flow_cost(cfg.flow, work.flow_prompt_tokens + first, finalize=first == audio_tokens)
-                 + vocoder_cost(cfg.hift, work.stream_first_frames(cfg))),
+        "e2e": (prefill + lm_decode_run_cost(c, work.prefill_len, audio_tokens - 1, weight_bytes) + whole[0],
+                whole[1] + vocoder_cost(cfg.hift, audio_tokens * cfg.flow.token_mel_ratio)),
+        "ttfa": (prefill + lm_decode_run_cost(c, work.prefill_len, first - 1, weight_bytes) + streamed[0],
+                 streamed[1] + vocoder_cost(cfg.hift, work.stream_first_frames(cfg))),
     }
 
 
 def bounds(cfg: ModelConfig, work: Workload, rates: dict) -> dict:
     """Per LM precision and stage: GFLOP, GB and the lower-bound seconds on this machine.
 
-    The LM part is bounded at the LM's precision (int8 GEMM rate and 1-byte weights for int8); the flow and
-    vocoder run fp32 at every CPU precision.
+    At int8 the LM and the estimator's weight MatMuls are bounded at the int8 GEMM rate with 1-byte weights; the
+    attention products, convolutions and the vocoder are fp32 at every CPU precision.
     """
     fp32_rate = max(rates["ort_sgemm_gflops"], rates["numpy_sgemm_gflops"]) * 1e9
     bandwidth = rates["read_gbps"] * 1e9
@@ -232,12 +255,12 @@ def bounds(cfg: ModelConfig, work: Workload, rates: dict) -> dict:
         return None if math.isnan(value) else value
 
     out = {}
-    for precision, weight_bytes, lm_rate in (("fp32", 4.0, fp32_rate), ("int8", 1.0, rates["ort_int8_gops"] * 1e9)):
+    for precision, weight_bytes, rate in (("fp32", 4.0, fp32_rate), ("int8", 1.0, rates["ort_int8_gops"] * 1e9)):
         out[precision] = {}
-        for stage, (lm, rest) in stage_costs(cfg, work, weight_bytes).items():
-            total = lm + rest
+        for stage, (quantized, rest) in stage_costs(cfg, work, weight_bytes).items():
+            total = quantized + rest
             out[precision][stage] = {"gflop": known(total.flops / 1e9), "gbytes": known(total.bytes / 1e9),
-                                     "seconds": known(seconds(lm, lm_rate) + seconds(rest, fp32_rate))}
+                                     "seconds": known(seconds(quantized, rate) + seconds(rest, fp32_rate))}
     return out
 
 
@@ -379,8 +402,15 @@ def prepare(size: str, work: Path, precisions: list[str], model_dir: Path | None
 
 
 STAGES = ("lm_prefill", "lm_decode", "flow", "vocoder", "e2e", "ttfa")
-# The int8 choice quantizes the LM only; its flow and vocoder run the fp32 graphs, so they are timed once.
-LM_ONLY_PRECISIONS = ("int8",)
+# int8 quantizes the LM and the flow estimator; its vocoder is the fp32 graph, timed once under onnx.
+INT8_LM_ONLY = "lm=onnx:int8,flow=onnx,vocoder=onnx"
+STAGES_TIMED = {"onnx:int8": [s for s in STAGES if s != "vocoder"],
+                # The int8 LM with the exact fp32 flow: only the whole request differs from the other columns.
+                INT8_LM_ONLY: ["e2e", "ttfa"]}
+COLUMN_NAMES = {"torch": "PyTorch", "onnx": "ONNX fp32", "onnx:int8": "ONNX int8", INT8_LM_ONLY: "ONNX int8 LM",
+                "onnx:fp16": "ONNX fp16"}
+# Which bound applies to a column: the int8-LM column's flow is fp32, so its bound is neither row; none is shown.
+COLUMN_BOUNDS = {"torch": "fp32", "onnx": "fp32", "onnx:int8": "int8"}
 
 
 def _timed(fn: Callable[[], float | None], repeats: int, warmup: Callable[[], object] | None = None) -> dict:
@@ -538,6 +568,8 @@ def run_backend_subprocess(job: dict) -> dict:
 def backends_for(precisions: list[str], cuda: bool) -> list[str]:
     names = ["torch", "onnx"]
     names += [f"onnx:{p}" for p in precisions if p == "int8" or (p == "fp16" and cuda)]
+    if "int8" in precisions:
+        names.append(INT8_LM_ONLY)
     return names
 
 
@@ -565,8 +597,7 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
     before = measure_machine(threads)
     report["backends"] = {}
     for backend in backends_for(wanted, cuda):
-        precision = backend.partition(":")[2]
-        stages = [s for s in STAGES if precision not in LM_ONLY_PRECISIONS or s not in ("flow", "vocoder")]
+        stages = STAGES_TIMED.get(backend, list(STAGES))
         progress(f"timing {backend} ({', '.join(stages)})")
         report["backends"][backend] = run_backend_subprocess(
             _backend_job(backend, model, export_dir, threads, repeats, workload, stages))
@@ -631,8 +662,9 @@ def format_report(report: dict) -> str:
         "cells: median time (its multiple of the lower bound); bound = max(FLOPs / GEMM rate, bytes / read bandwidth)",
         "",
     ]
-    header = ["stage", "GFLOP", "GB fp32", "bound fp32", "bound int8"] + list(backends) + [
-        f"torch/{name}" for name in onnx_names]
+    header = ["stage", "GFLOP", "GB fp32", "bound fp32", "bound int8"] + [
+        COLUMN_NAMES.get(name, name) for name in backends] + [
+        f"PyTorch/{COLUMN_NAMES.get(name, name)}" for name in onnx_names]
     rows = [header]
     labels = report["labels"]
     for stage in STAGES:
@@ -646,7 +678,7 @@ def format_report(report: dict) -> str:
                 continue
             cell = _seconds(measured["median_s"])
             # The bounds describe this CPU; an fp16 run is on the GPU, which the bench does not measure.
-            bound = report["bounds"].get(name.partition(":")[2] or "fp32", {}).get(stage, {}).get("seconds")
+            bound = report["bounds"].get(COLUMN_BOUNDS.get(name), {}).get(stage, {}).get("seconds")
             if bound:
                 cell += f" ({measured['median_s'] / bound:.1f}x)"
             if stage == "e2e":
@@ -664,7 +696,8 @@ def format_report(report: dict) -> str:
                 + [""] * len(onnx_names))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
-    lines.append("(int8 quantizes the LM only: its flow and vocoder are the fp32 graphs, timed once under onnx)")
+    lines.append("(ONNX int8: int8 LM and flow estimator, fp32 vocoder (timed under ONNX fp32); ONNX int8 LM: the "
+                 "int8 LM with the fp32 flow and vocoder, timed end to end only)")
     return "\n".join(lines)
 
 
@@ -677,7 +710,8 @@ def add_bench_command(sub) -> None:
     b.add_argument("--work", type=Path, default=None,
                    help=f"folder for the generated model and its export, reused by later runs "
                         f"(default {default_work_dir()})")
-    b.add_argument("--precisions", default="fp32,int8", help="ONNX precisions: fp32, int8 (LM), fp16 (CUDA only)")
+    b.add_argument("--precisions", default="fp32,int8",
+                   help="ONNX precisions: fp32, int8 (LM and flow estimator), fp16 (CUDA only)")
     b.add_argument("--threads", type=int, default=None,
                    help="threads per backend (default: the ONNX backend's, one per physical core)")
     b.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after a warm-up")

@@ -12,7 +12,9 @@ from .errors import ExportError
 from .model_files import ModelFiles, file_sha256
 
 MANIFEST_NAME = "manifest.json"
-FORMAT_VERSION = 1
+# Bumped whenever graphs or their files change, so older exports are refused with a clear message.
+# 2: int8 flow estimator, attention bias added once in the estimator, fused LM decode graph.
+FORMAT_VERSION = 2
 FLOW_NOISE_FILE = "flow_noise.npy"
 
 
@@ -78,7 +80,8 @@ def read_manifest(export_dir: Path) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise ExportError(f"{path}: unreadable ({exc}); re-export") from exc
     if manifest.get("format") != FORMAT_VERSION:
-        raise ExportError(f"{path}: export format {manifest.get('format')} is not {FORMAT_VERSION}; re-export")
+        raise ExportError(f"{path}: export format {manifest.get('format')}, but this cosyvoice-onnx reads format "
+                          f"{FORMAT_VERSION}; re-export: `cosyvoice-onnx export --model DIR`")
     return manifest
 
 

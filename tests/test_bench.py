@@ -9,7 +9,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cosyvoice_onnx.bench import Workload, flow_cost, lm_decode_cost, lm_prefill_cost, prepare, vocoder_cost
+from cosyvoice_onnx.bench import STAGES, Workload, flow_cost, flow_weight_matmul_cost, lm_decode_cost, lm_prefill_cost, prepare, vocoder_cost
 from cosyvoice_onnx.config import load_config
 from cosyvoice_onnx.torch_backend.loader import build_modules
 
@@ -71,6 +71,31 @@ def test_flow_cost_matches_the_flop_counter_and_the_parameter_count(tiny_modules
     assert flow_cost(f, tokens).bytes == 4 * weights
 
 
+def test_flow_weight_matmul_cost_counts_the_layers_the_int8_estimator_quantizes(tiny_modules):
+    cfg, modules = tiny_modules
+    f, estimator = cfg.flow, modules["flow"].estimator
+    tokens = 17
+    frames = tokens * f.token_mel_ratio
+    # Per-frame Linear layers (q, k, v, out, feed-forward, input projection, proj_out): the adaLN and time MLPs
+    # see one row per batch item and stay fp32.
+    per_row = ("time_embed", "attn_norm", "norm_out")
+    layers = [(name, m) for name, m in estimator.named_modules()
+              if isinstance(m, torch.nn.Linear) and not any(part in name for part in per_row)]
+    assert len(layers) == 6 * f.dit_depth + 2
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(2 * i[0].numel() * m.out_features))
+             for _, m in layers]
+    x, mu, cond = (torch.randn(2, f.mel_dim, frames) for _ in range(3))
+    with torch.no_grad():
+        estimator(x, torch.ones(2, 1, frames), mu, torch.rand(2), torch.randn(2, f.mel_dim), cond)
+    for hook in hooks:
+        hook.remove()
+    cost = flow_weight_matmul_cost(f, tokens)
+    assert cost.flops == pytest.approx(f.n_timesteps * sum(seen), rel=1e-9)
+    assert cost.bytes == f.n_timesteps * 4 * sum(m.weight.numel() for _, m in layers)
+    assert cost.flops < flow_cost(f, tokens).flops
+
+
 def test_vocoder_cost_matches_the_flop_counter(tiny_modules):
     cfg, modules = tiny_modules
     hift = modules["vocoder"]
@@ -98,9 +123,12 @@ def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path)
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(report_path.read_text())
-    assert set(report["backends"]) == {"torch", "onnx", "onnx:int8"}
+    int8_lm_only = "lm=onnx:int8,flow=onnx,vocoder=onnx"
+    assert set(report["backends"]) == {"torch", "onnx", "onnx:int8", int8_lm_only}
+    timed = {"torch": set(STAGES), "onnx": set(STAGES), "onnx:int8": set(STAGES) - {"vocoder"},
+             int8_lm_only: {"e2e", "ttfa"}}
     for name, stages in report["backends"].items():
-        expected = {"lm_prefill", "lm_decode", "e2e", "ttfa"} | (set() if name == "onnx:int8" else {"flow", "vocoder"})
+        expected = timed[name]
         assert expected <= set(stages), name
         assert all(stages[s]["median_s"] > 0 for s in expected)
         assert stages["e2e"]["audio_s"] == pytest.approx(2.0)
@@ -110,7 +138,7 @@ def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path)
     assert report["rates"]["ort_sgemm_gflops"] > 0 and report["rates"]["copy_gbps"] > 0
     for label in report["labels"].values():
         assert label in result.stdout
-    assert "torch/onnx:int8" in result.stdout
+    assert "PyTorch/ONNX int8 LM" in result.stdout
 
     messages = []
     prepare("tiny", work, ["fp32", "int8"], progress=messages.append)

@@ -189,12 +189,48 @@ def test_fp16_estimator_stays_close_to_fp32(export_dir, onnx_flow):
         assert np.abs(got - expected).max() <= 0.002 * np.abs(expected).max()
 
 
-def test_int8_uses_the_fp32_flow_and_unknown_precisions_fail(flow, export_dir, tmp_path):
-    assert OnnxFlow(export_dir, CFG, "int8", threads=1).estimator is not None
+@pytest.fixture(scope="module")
+def int8_dir(flow, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flow_int8")
+    written = export_flow(flow, CFG, out, precision="int8")
+    assert [p.name for p in written] == ["flow_encoder.onnx", "flow_estimator.onnx", "flow_estimator.int8.onnx"]
+    return out
+
+
+def test_int8_quantizes_only_the_weight_matmuls(int8_dir):
+    graph = onnx.load(str(int8_dir / "flow_estimator.int8.onnx")).graph
+    weights = {t.name for t in graph.initializer}
+    fp32_matmuls = [n for n in graph.node if n.op_type == "MatMul"]
+    int8_matmuls = [n for n in graph.node if n.op_type == "MatMulInteger"]
+    # Per block: q, k, v, out and the two feed-forward layers; plus the input projection and proj_out.
+    assert len(int8_matmuls) == 6 * TINY.dit_depth + 2
+    # What stays fp32: the attention (scores and weighted values, two activations each) and the time-embedding
+    # and adaLN layers, which see one row per batch item.
+    attention = [n for n in fp32_matmuls if not any(name in weights for name in n.input)]
+    assert len(attention) == 2 * TINY.dit_depth
+    per_row = [n.name for n in fp32_matmuls if n not in attention]
+    assert len(per_row) == TINY.dit_depth + 3
+    assert all(name.startswith(("/time_embed/", "/norm_out/")) or "/attn_norm/" in name for name in per_row)
+
+
+def test_int8_estimator_stays_close_to_fp32(onnx_flow, int8_dir):
+    int8 = OnnxFlow(int8_dir, CFG, "int8", threads=1)
+    for streaming in (False, True):
+        inputs = estimator_inputs(120, seed=3)
+        expected = onnx_flow.estimate(**inputs, streaming=streaming)
+        got = int8.estimate(**inputs, streaming=streaming)
+        error = np.sqrt(np.mean((got - expected) ** 2) / np.mean(expected ** 2))
+        # Quantized for real (not the fp32 graph under another name), yet within a few percent RMS.
+        assert 1e-5 < error < 0.05
+
+
+def test_unknown_precisions_fail(flow, export_dir, tmp_path):
     with pytest.raises(ValueError):
         OnnxFlow(export_dir, CFG, "bf16")
     with pytest.raises(ValueError):
         export_flow(flow, CFG, tmp_path, "bf16")
+    with pytest.raises(ExportError, match="flow_estimator.int8.onnx"):
+        OnnxFlow(export_dir, CFG, "int8")
 
 
 def test_missing_or_mismatched_export_is_reported(export_dir, tmp_path):

@@ -154,3 +154,17 @@ def test_corrupt_onnx_file_is_reported(exported, tmp_path):
     victim.write_bytes(np.random.default_rng(0).bytes(size))
     with pytest.raises(ExportError, match=victim.name):
         CosyVoice(broken, backend="onnx")
+
+
+def test_export_from_an_older_format_is_refused(exported, tmp_path):
+    from cosyvoice_onnx import CosyVoice
+
+    model, _ = exported
+    old = tmp_path / "old"
+    shutil.copytree(model, old)
+    manifest_path = old / "onnx" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format"] -= 1  # what an export by the previous release says of itself
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ExportError, match="re-export: `cosyvoice-onnx export"):
+        CosyVoice(old, backend="onnx:int8")

@@ -21,7 +21,6 @@ ENCODER_BASE = "flow_encoder"
 ESTIMATOR_BASE = "flow_estimator"
 ESTIMATOR_INPUTS = ["x", "mask", "mu", "t", "spks", "cond", "streaming"]
 ESTIMATOR_OUTPUTS = ["velocity"]
-# int8 quantizes the LM only; the flow is then written (and run) in fp32.
 PRECISIONS = ("fp32", "fp16", "int8")
 # Kept in fp32 in the fp16 estimator: LayerNorm statistics and softmax sums overflow in fp16, and the time
 # sinusoid and RoPE angles reach 1000 rad and T rad, where fp16 keeps no fractional digits. The node groups
@@ -141,6 +140,30 @@ def convert_estimator_fp16(fp32_path: Path) -> Path:
     return _save(tidy.model, fp32_path.with_name(f"{ESTIMATOR_BASE}.fp16.onnx"))
 
 
+def quantize_estimator_int8(fp32_path: Path) -> Path:
+    """Dynamic int8 for the estimator's weight MatMuls (per output channel), everything else fp32.
+
+    Those MatMuls are ~90 % of its FLOPs and run ~4x faster on int8 dot-product units. The attention products
+    (two activations), the adaLN Gemms (one row per batch item) and the convolutions stay fp32: they are cheap or
+    sensitive. Quantization changes the output (the parity report measures by how much), so fp32 stays the
+    reference and `flow=onnx:fp32` keeps an int8 LM with the exact flow.
+    """
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(fp32_path), load_external_data=False)
+    weights = {tensor.name for tensor in model.graph.initializer}
+    weight_matmuls = [node.name for node in model.graph.node
+                      if node.op_type == "MatMul" and any(name in weights for name in node.input)]
+    del model
+    path = fp32_path.with_name(f"{ESTIMATOR_BASE}.int8.onnx")
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        # quantize_dynamic writes its own IR version; _save caps it for the onnxruntime we ship with.
+        raw = Path(scratch) / path.name
+        quantize_dynamic(str(fp32_path), str(raw), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"], nodes_to_quantize=weight_matmuls)
+        return _save(onnx.load(str(raw)), path)
+
+
 def _cast_to(node: onnx.NodeProto | None, elem_type: int) -> bool:
     return node is not None and node.op_type == "Cast" and node.attribute[0].i == elem_type
 
@@ -179,7 +202,7 @@ def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
 
 
 def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: str = "fp32") -> list[Path]:
-    """Writes flow_encoder.onnx and flow_estimator.onnx (plus flow_estimator.fp16.onnx for fp16).
+    """Writes flow_encoder.onnx and flow_estimator.onnx, plus flow_estimator.fp16.onnx / .int8.onnx for those.
 
     `module` is a CausalFlow (CV3) or a ConformerUNetFlow (CV2), as torch_backend.loader builds it.
     """
@@ -193,4 +216,6 @@ def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: s
     written = [export_encoder(module, out_dir), export_estimator(module, out_dir)]
     if precision == "fp16":
         written.append(convert_estimator_fp16(written[1]))
+    elif precision == "int8":
+        written.append(quantize_estimator_int8(written[1]))
     return written

@@ -12,8 +12,7 @@ from .session import make_session
 
 ENCODER_FILE = "flow_encoder.onnx"
 ESTIMATOR_FILES = {"fp32": "flow_estimator.onnx", "fp16": "flow_estimator.fp16.onnx",
-                   # int8 quantizes the LM only; the flow runs its fp32 graphs then.
-                   "int8": "flow_estimator.onnx"}
+                   "int8": "flow_estimator.int8.onnx"}
 # embed_speaker feeds the encoder one placeholder token: the graph computes spks from the embedding alone.
 PLACEHOLDER_TOKENS = np.zeros((1, 1), dtype=np.int64)
 # Per FlowConfig.kind. The conformer (CV2) attends over all tokens, so a non-final mu is not a slice of the final
@@ -35,7 +34,7 @@ def _check_io(session, path: Path, io: tuple[list[str], list[str]], mel_dim: int
 
 
 class OnnxFlow:
-    """flow_encoder.onnx gives mu and spks; flow_estimator[.fp16].onnx gives the velocity."""
+    """flow_encoder.onnx gives mu and spks; flow_estimator[.fp16|.int8].onnx gives the velocity."""
 
     backend = "onnx"
 

@@ -272,11 +272,13 @@ def test_engine_cache_shares_equivalent_specs_and_drops_the_oldest(tmp_path):
     loads = []
     cache = EngineCache(capacity=2, loader=lambda model, spec: loads.append(spec) or object())
     first, _ = cache.get(tmp_path, "onnx:int8")
-    # A global int8 choice is int8 for the LM only, so this per-stage spelling is the same engine.
-    assert cache.get(tmp_path, "lm=onnx:int8,flow=onnx,vocoder=onnx")[0] is first
+    # A global int8 choice is int8 for the LM and the flow (the vocoder has no int8 graph): the same engine as
+    # this per-stage spelling, and not the same as the int8 LM with the fp32 flow.
+    assert cache.get(tmp_path, "lm=onnx:int8,flow=onnx:int8,vocoder=onnx")[0] is first
+    assert cache.get(tmp_path, "lm=onnx:int8,flow=onnx,vocoder=onnx")[0] is not first
     cache.get(tmp_path, "torch")
     cache.get(tmp_path, "onnx")
-    assert loads == ["onnx:int8", "torch", "onnx"]
+    assert loads == ["onnx:int8", "lm=onnx:int8,flow=onnx,vocoder=onnx", "torch", "onnx"]
     assert cache.get(tmp_path, "onnx:int8")[0] is not first  # evicted as least recently used, loaded again
     assert len(cache.loaded()) == 2
 

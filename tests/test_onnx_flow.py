@@ -224,6 +224,14 @@ def test_int8_estimator_stays_close_to_fp32(onnx_flow, int8_dir):
         assert 1e-5 < error < 0.05
 
 
+def test_int8_reuses_fp32_graphs_it_is_given(flow, int8_dir):
+    fp32 = [int8_dir / "flow_encoder.onnx", int8_dir / "flow_estimator.onnx"]
+    before = [p.stat().st_mtime_ns for p in fp32]
+    written = export_flow(flow, CFG, int8_dir, precision="int8", fp32_paths=fp32)
+    assert written[:2] == fp32 and [p.stat().st_mtime_ns for p in fp32] == before
+    assert written[2].name == "flow_estimator.int8.onnx"
+
+
 def test_unknown_precisions_fail(flow, export_dir, tmp_path):
     with pytest.raises(ValueError):
         OnnxFlow(export_dir, CFG, "bf16")

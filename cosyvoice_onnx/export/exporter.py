@@ -51,9 +51,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
         start = time.perf_counter()
         progress(f"[{stage}] loading weights")
         module = load_module(files, stage)
+        fp32_paths = None
         for precision in wanted:
             progress(f"[{stage}] exporting {precision}")
-            paths = export(module, cfg, out, precision=precision)
+            # fp16/int8 graphs are derived from the fp32 ones just written (fp32 always comes first).
+            paths = export(module, cfg, out, precision=precision, fp32_paths=fp32_paths)
+            if precision == "fp32":
+                fp32_paths = paths
             manifest["precisions"].setdefault(precision, {})[stage] = [p.name for p in paths]
             for p in paths:
                 manifest["files"][p.name] = fingerprint(p, with_hash=p.stat().st_size < 64 << 20)

@@ -201,10 +201,12 @@ def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
     graph.node.extend(kept)
 
 
-def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: str = "fp32") -> list[Path]:
+def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: str = "fp32",
+                fp32_paths: list[Path] | None = None) -> list[Path]:
     """Writes flow_encoder.onnx and flow_estimator.onnx, plus flow_estimator.fp16.onnx / .int8.onnx for those.
 
-    `module` is a CausalFlow (CV3) or a ConformerUNetFlow (CV2), as torch_backend.loader builds it.
+    `module` is a CausalFlow (CV3) or a ConformerUNetFlow (CV2), as torch_backend.loader builds it. `fp32_paths`
+    (encoder, estimator) are fp32 graphs of this module already written to out_dir, which are then reused.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
@@ -213,7 +215,7 @@ def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: s
         raise ValueError("the flow module was built from another config than the one given")
     module = module.float().eval()
     out_dir = Path(out_dir)
-    written = [export_encoder(module, out_dir), export_estimator(module, out_dir)]
+    written = list(fp32_paths or (export_encoder(module, out_dir), export_estimator(module, out_dir)))
     if precision == "fp16":
         written.append(convert_estimator_fp16(written[1]))
     elif precision == "int8":

@@ -146,15 +146,19 @@ def _export_graph(graph: HiftGraph | CachedHiftGraph, path: Path) -> None:
             input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=graph.dynamic_axes)
 
 
-def export_hift(module: CausalHiFT, cfg: ModelConfig, out_dir: Path, precision: str = "fp32") -> list[Path]:
+def export_hift(module: CausalHiFT, cfg: ModelConfig, out_dir: Path, precision: str = "fp32",
+                fp32_paths: list[Path] | None = None) -> list[Path]:
     """Writes the graphs of `onnx_backend.hift.GRAPHS` for this HiFT into `out_dir` and returns their paths.
 
     Every precision gets the fp32 graphs: the f0 predictor overflows fp16 and the waveform is fragile to it.
+    `fp32_paths`, graphs of this module already written to out_dir, are returned as they are.
     """
     if precision not in ("fp32", "fp16", "int8"):
         raise ValueError(f"unknown precision {precision!r}")
     if module.cfg != cfg.hift:
         raise ValueError("the vocoder module was built for another HiFT config than `cfg.hift`")
+    if fp32_paths:
+        return list(fp32_paths)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -7,13 +7,13 @@ import sys
 import time
 from pathlib import Path
 
-from .bench import add_bench_command
+
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError
 
 
 def _cmd_make_tiny_model(args) -> int:
-    from .tiny import make_tiny_model
+    from .tools.tiny import make_tiny_model
 
     out = make_tiny_model(args.out, version=args.version, seed=args.seed)
     print(f"wrote tiny CosyVoice{args.version} model folder: {out}")
@@ -22,7 +22,7 @@ def _cmd_make_tiny_model(args) -> int:
 
 def _cmd_make_test_clip(args) -> int:
     from .audio import write_wav
-    from .tiny import synthetic_voice
+    from .tools.tiny import synthetic_voice
 
     write_wav(args.out, synthetic_voice(args.seconds, 24000, seed=args.seed), 24000)
     print(f"wrote {args.out}: {args.seconds:.1f} s synthetic voice-like clip (for trying the pipeline, not a real voice)")
@@ -106,7 +106,7 @@ def _cmd_export(args) -> int:
 def _cmd_parity(args) -> int:
     import json
 
-    from .parity import format_report, run_parity
+    from .tools.parity import format_report, run_parity
 
     report = run_parity(args.model, args.export_dir, precision=args.precision, prompt_wav=args.prompt_wav,
                         prompt_text=args.prompt_text, text=args.text, seed=args.seed, max_tokens=args.max_tokens,
@@ -184,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="check a model folder and print what it holds")
     i.add_argument("--model", required=True, type=Path)
     i.set_defaults(func=_cmd_info)
+    from .tools.bench import add_bench_command
+
     add_bench_command(sub)
     return p
 

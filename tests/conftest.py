@@ -25,7 +25,7 @@ def single_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
-    from cosyvoice_onnx.tiny import make_tiny_model
+    from cosyvoice_onnx.tools.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-cv3", seed=0)
 
@@ -33,7 +33,7 @@ def tiny_model_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def prompt_wav(tmp_path_factory):
     from cosyvoice_onnx.audio import write_wav
-    from cosyvoice_onnx.tiny import synthetic_voice
+    from cosyvoice_onnx.tools.tiny import synthetic_voice
 
     path = tmp_path_factory.mktemp("audio") / "prompt.wav"
     write_wav(path, synthetic_voice(4.0, 24000, seed=1), 24000)

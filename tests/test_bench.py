@@ -9,7 +9,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cosyvoice_onnx.bench import STAGES, Workload, flow_cost, flow_weight_matmul_cost, lm_decode_cost, lm_prefill_cost, prepare, vocoder_cost
+from cosyvoice_onnx.tools.bench import STAGES, Workload, flow_cost, flow_weight_matmul_cost, lm_decode_cost, lm_prefill_cost, prepare, vocoder_cost
 from cosyvoice_onnx.config import load_config
 from cosyvoice_onnx.torch_backend.loader import build_modules
 
@@ -166,7 +166,7 @@ def test_default_threads_count_physical_cores_within_the_cpu_quota(tmp_path, mon
 
 
 def test_unmodelled_stages_get_no_bound_but_the_lm_keeps_its_own():
-    from cosyvoice_onnx.bench import bounds
+    from cosyvoice_onnx.tools.bench import bounds
     from cosyvoice_onnx.config import FlowConfig, HiFTConfig, ModelConfig
 
     cfg = ModelConfig(version=2, yaml_name="cosyvoice2.yaml", speech_tokenizer_file="speech_tokenizer_v2.onnx",

@@ -15,7 +15,7 @@ from cosyvoice_onnx.longtext import Joiner
 from cosyvoice_onnx.mixing import mix_prompts
 from cosyvoice_onnx.prompts import CV3_INSTRUCT_PRESETS, MODES, lm_prompt_text, preset_instruction
 from cosyvoice_onnx.sampling import make_sampler
-from cosyvoice_onnx.tiny import synthetic_voice
+from cosyvoice_onnx.tools.tiny import synthetic_voice
 from cosyvoice_onnx.tokenizer import TextTokenizer
 from cosyvoice_onnx.token2wav import interpolate_linear
 

@@ -31,7 +31,7 @@ OVERLAP = 8 * HOP
 
 @pytest.fixture(scope="module")
 def cv2_dir(tmp_path_factory):
-    from cosyvoice_onnx.tiny import make_tiny_model
+    from cosyvoice_onnx.tools.tiny import make_tiny_model
 
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-cv2", version=2, seed=0)
 
@@ -366,7 +366,7 @@ def test_onnx_vocoder_takes_the_source_cache(exported, cv2_dir):
 
 def test_onnx_parity_meets_the_fp32_targets(exported, engine, cv2_dir, voice):
     from cosyvoice_onnx import CosyVoice
-    from cosyvoice_onnx.parity import compare_engines, targets_met
+    from cosyvoice_onnx.tools.parity import compare_engines, targets_met
 
     test = CosyVoice(cv2_dir, backend="onnx")
     report = compare_engines(engine, test, voice, text=TEXT, seed=0, max_tokens=40)

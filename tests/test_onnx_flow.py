@@ -19,7 +19,7 @@ from cosyvoice_onnx.flow_solver import token_to_mel
 from cosyvoice_onnx.onnx_backend.flow import OnnxFlow
 from cosyvoice_onnx.torch_backend.flow import CausalFlow, TorchFlow, flow_noise_buffer_torch
 
-# The tiny model's flow dimensions (cosyvoice_onnx.tiny), with a short chunk so T=120 spans three chunks.
+# The tiny model's flow dimensions (cosyvoice_onnx.tools.tiny), with a short chunk so T=120 spans three chunks.
 TINY = FlowConfig(pre_lookahead_channels=64, dit_dim=64, dit_depth=2, dit_heads=4, dit_dim_head=16,
                   static_chunk_size=50)
 CFG = ModelConfig(version=3, yaml_name="cosyvoice3.yaml", speech_tokenizer_file="speech_tokenizer_v3.onnx", flow=TINY)

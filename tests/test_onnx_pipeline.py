@@ -77,7 +77,7 @@ def test_onnx_engine_synthesizes_without_torch(exported, prompt_wav, tmp_path):
 
 def test_onnx_and_torch_give_the_same_audio_for_the_same_tokens(exported, prompt_wav):
     from cosyvoice_onnx import CosyVoice
-    from cosyvoice_onnx.parity import snr_db
+    from cosyvoice_onnx.tools.parity import snr_db
 
     model, _ = exported
     ref, test = CosyVoice(model, backend="torch"), CosyVoice(model, backend="onnx")

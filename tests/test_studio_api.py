@@ -13,7 +13,7 @@ from gradio_client import Client, handle_file  # noqa: E402
 from gradio_client.exceptions import AppError  # noqa: E402
 
 from cosyvoice_onnx.audio import to_int16, write_wav  # noqa: E402
-from cosyvoice_onnx.tiny import synthetic_voice  # noqa: E402
+from cosyvoice_onnx.tools.tiny import synthetic_voice  # noqa: E402
 
 TRANSCRIPT = "This is the prompt clip."
 TEXT = "Hello there, this is the studio speaking."

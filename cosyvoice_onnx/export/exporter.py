@@ -71,7 +71,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
     manifest["files"][FLOW_NOISE_FILE] = fingerprint(out / FLOW_NOISE_FILE)
     write_manifest(out, manifest)
     if parity:
-        from ..parity import quick_parity
+        from ..tools.parity import quick_parity
 
         for precision in wanted:
             progress(f"[parity] measuring {precision} against PyTorch")

@@ -299,7 +299,7 @@ class Studio:
 
     @staticmethod
     def _parity(engine_a, engine_b, voice, text: str, seed: int) -> str:
-        from ..parity import compare_engines, format_report
+        from ..tools.parity import compare_engines, format_report
 
         report = compare_engines(engine_a, engine_b, voice, text=text, seed=seed)
         return ("Parity, A as reference (same seed, tokens, noise and prompt; per-stage times in seconds):\n\n"

@@ -46,8 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import FlowConfig, HiFTConfig, LLMConfig, ModelConfig
-from .errors import CosyVoiceError
+from ..config import FlowConfig, HiFTConfig, LLMConfig, ModelConfig
+from ..errors import CosyVoiceError
 
 SIZES = ("tiny", "real")
 # A repeat is skipped once a stage has used this much time (at least one timed run always happens), which keeps a
@@ -295,7 +295,7 @@ def measure_machine(threads: int, repeats: int = 7) -> dict:
     """GEMM rates (ONNX Runtime fp32 MatMul, dynamic-int8 MatMul, numpy) and memory bandwidth, best of `repeats`."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from .onnx_backend.session import make_session
+    from ..onnx_backend.session import make_session
 
     m, k, n = SGEMM_SHAPE
     flops = 2.0 * m * k * n
@@ -373,8 +373,8 @@ def describe_machine() -> dict:
 def prepare(size: str, work: Path, precisions: list[str], model_dir: Path | None = None,
             progress: Callable[[str], None] = print, version: int = 3) -> tuple[Path, Path]:
     """(model folder, export folder): reuses what `work` (or `model_dir`) already holds, builds the rest."""
-    from .manifest import check_export
-    from .model_files import inspect_model_dir
+    from ..manifest import check_export
+    from ..model_files import inspect_model_dir
 
     if model_dir is None:
         model_dir = Path(work) / (f"model-{size}" if version == 3 else f"model-{size}-cv{version}")
@@ -391,7 +391,7 @@ def prepare(size: str, work: Path, precisions: list[str], model_dir: Path | None
             check_export(export_dir, files, precision, ["lm", "flow", "vocoder"])
         progress(f"reusing the export in {export_dir}")
     except CosyVoiceError:
-        from .export.exporter import export_model
+        from ..export.exporter import export_model
 
         progress(f"exporting {model_dir} to ONNX ({', '.join(precisions)}); at real size this takes minutes")
         export_model(model_dir, export_dir, precisions=precisions, parity=False, progress=progress)
@@ -427,8 +427,8 @@ def _timed(fn: Callable[[], float | None], repeats: int, warmup: Callable[[], ob
 
 def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str, tuple[Callable, Callable | None]]:
     """Per stage: (one timed run, its warm-up); inputs are seeded random ids and features of the Workload's sizes."""
-    from .lm_decode import iter_speech_tokens
-    from .sampling import make_sampler
+    from ..lm_decode import iter_speech_tokens
+    from ..sampling import make_sampler
 
     rng = np.random.default_rng(work.seed)
     c, lm = cfg.llm, stages.lm
@@ -502,10 +502,10 @@ def run_backend(job: dict) -> dict:
         import torch
 
         torch.set_num_threads(int(job["threads"]))
-    from .backends import load_stages, parse_backend
-    from .model_files import inspect_model_dir
-    from .noise import hift_noise_source
-    from .token2wav import Token2Wav
+    from ..backends import load_stages, parse_backend
+    from ..model_files import inspect_model_dir
+    from ..noise import hift_noise_source
+    from ..token2wav import Token2Wav
 
     work = Workload(**job["workload"])
     start = time.perf_counter()
@@ -554,7 +554,7 @@ def run_backend_subprocess(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         # The worker's progress and any traceback go to our stderr; stdout stays for the table.
-        proc = subprocess.run([sys.executable, "-m", "cosyvoice_onnx.bench", json.dumps(job), str(out)], env=env,
+        proc = subprocess.run([sys.executable, "-m", "cosyvoice_onnx.tools.bench", json.dumps(job), str(out)], env=env,
                               stdout=sys.stderr)
         if proc.returncode != 0 or not out.exists():
             raise CosyVoiceError(f"the {job['backend']} benchmark failed (exit code {proc.returncode}); "
@@ -579,8 +579,8 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
     """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes)."""
     import onnxruntime as ort
 
-    from .export.exporter import parse_precisions
-    from .onnx_backend.session import default_threads
+    from ..export.exporter import parse_precisions
+    from ..onnx_backend.session import default_threads
 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose {' or '.join(SIZES)}")
@@ -603,7 +603,7 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
             _backend_job(backend, model, export_dir, threads, repeats, workload, stages))
     report["machine"]["load_average_after"] = list(os.getloadavg())
     report["rates"] = {**best_rates(before, measure_machine(threads)), "gemm_shape": list(SGEMM_SHAPE)}
-    from .model_files import inspect_model_dir
+    from ..model_files import inspect_model_dir
 
     cfg = inspect_model_dir(model).config
     report["bounds"] = bounds(cfg, workload, report["rates"])
@@ -732,5 +732,5 @@ def _cmd_bench(args) -> int:
 
 
 if __name__ == "__main__":
-    # Worker mode, started by run_backend_subprocess: `python -m cosyvoice_onnx.bench JOB_JSON OUT_JSON`.
+    # Worker mode, started by run_backend_subprocess: `python -m cosyvoice_onnx.tools.bench JOB_JSON OUT_JSON`.
     Path(sys.argv[2]).write_text(json.dumps(run_backend(json.loads(sys.argv[1]))))

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .prompts import MODES
-from .sampling import GreedySampler, make_sampler
+from ..prompts import MODES
+from ..sampling import GreedySampler, make_sampler
 
 DEFAULT_TEXT = "Hello! This sentence checks that both backends say exactly the same thing."
 DEFAULT_TRANSCRIPT = "This is the prompt clip."
@@ -98,7 +98,7 @@ def compare_engines(ref, test, voice, text: str = DEFAULT_TEXT, seed: int = 0, m
 
 def speaker_cosine(engine, a: np.ndarray, b: np.ndarray) -> float:
     """CAM++ embedding cosine of two 24 kHz waveforms (the model's own speaker encoder)."""
-    from .audio import resample
+    from ..audio import resample
 
     ea = engine.frontend.speaker_embedding(resample(a, engine.sample_rate, 16000))[0]
     eb = engine.frontend.speaker_embedding(resample(b, engine.sample_rate, 16000))[0]
@@ -117,7 +117,7 @@ def targets_met(report: dict) -> dict[str, bool]:
 def run_parity(model_dir: str | Path, export_dir: str | Path | None = None, precision: str = "fp32",
                prompt_wav=None, prompt_text: str = DEFAULT_TRANSCRIPT, text: str = DEFAULT_TEXT, seed: int = 0,
                max_tokens: int = 200, llm_variant: str = "base") -> dict:
-    from .engine import CosyVoice
+    from ..engine import CosyVoice
     from .tiny import synthetic_voice
 
     ref = CosyVoice(model_dir, backend="torch", llm_variant=llm_variant)

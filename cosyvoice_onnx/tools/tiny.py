@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import QWEN_DIR, RELEASES, load_config
+from ..config import QWEN_DIR, RELEASES, load_config
 
 # Tiny dimensions: small enough for CI, shaped like the real model (GQA, several heads, all HiFT stages).
 TINY = {
@@ -403,8 +403,8 @@ def make_tiny_model(out: str | Path, version: int = 3, seed: int = 0, size: str 
     import torch
     from safetensors.torch import save_file
 
-    from .tokenizer import write_tiny_tokenizer
-    from .torch_backend.loader import build_modules
+    from ..tokenizer import write_tiny_tokenizer
+    from ..torch_backend.loader import build_modules
 
     if version not in YAML_WRITERS:
         raise ValueError(f"no synthetic CosyVoice{version}; choose one of {sorted(YAML_WRITERS)}")

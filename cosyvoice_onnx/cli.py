@@ -33,7 +33,7 @@ def _cmd_synth(args) -> int:
     import numpy as np
 
     from .audio import write_wav
-    from .config import detect_version
+    from .releases import detect_version
     from .engine import CosyVoice
     from .prompts import preset_instruction
 

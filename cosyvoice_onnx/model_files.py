@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .config import QWEN_DIR, RELEASES, ModelConfig, load_config
+from .config import QWEN_DIR, ModelConfig
+from .config_readers import load_config
+from .releases import RELEASES
 from .errors import ModelFolderError
 
 LLM_VARIANTS = {"base": "llm.pt", "rl": "llm.rl.pt"}

@@ -10,7 +10,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from cosyvoice_onnx.tools.bench import STAGES, Workload, flow_cost, flow_weight_matmul_cost, lm_decode_cost, lm_prefill_cost, prepare, vocoder_cost
-from cosyvoice_onnx.config import load_config
+from cosyvoice_onnx.config_readers import load_config
 from cosyvoice_onnx.torch_backend.loader import build_modules
 
 

@@ -12,7 +12,8 @@ import torch
 from scipy.signal import windows
 
 from cosyvoice_onnx.audio import load_audio
-from cosyvoice_onnx.config import RELEASES, load_config, release_config
+from cosyvoice_onnx.config_readers import load_config
+from cosyvoice_onnx.releases import RELEASES, release_config
 from cosyvoice_onnx.errors import InputError, ModelFolderError
 from cosyvoice_onnx.lm_decode import decode_speech_tokens
 from cosyvoice_onnx.model_files import inspect_model_dir

@@ -9,7 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cosyvoice_onnx.config import FlowConfig, apply_flow_v2_hyperparams, read_hyperparams
+from cosyvoice_onnx.config import FlowConfig
+from cosyvoice_onnx.config_readers import apply_flow_v2_hyperparams
+from cosyvoice_onnx.hyperparams import read_hyperparams
 from cosyvoice_onnx.errors import ModelFolderError
 from cosyvoice_onnx.flow_solver import token_to_mel
 from cosyvoice_onnx.torch_backend.conformer import rel_shift, relative_position_encoding

@@ -17,7 +17,7 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from ..config import detect_version
+from ..releases import detect_version
 from ..engine import MAX_TEXT_CHARS
 from ..errors import CosyVoiceError, InputError
 from ..prompts import preset_instruction

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import QWEN_DIR, RELEASES, load_config
+from ..config import QWEN_DIR
+from ..config_readers import load_config
+from ..releases import RELEASES
 
 # Tiny dimensions: small enough for CI, shaped like the real model (GQA, several heads, all HiFT stages).
 TINY = {

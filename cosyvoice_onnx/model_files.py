@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,10 +76,43 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """torch.load with weights_only=True; any failure names the file and the likely cause."""
+# Room above the fp32 bytes a config implies: fp64 weights, the pickle and zip headers, extra buffers.
+CHECKPOINT_MARGIN_FACTOR = 2
+CHECKPOINT_MARGIN_BYTES = 64 << 20
+
+
+def checkpoint_limit(expected_bytes: int) -> int:
+    """The most bytes a checkpoint for weights of `expected_bytes` (fp32) may hold or expand to."""
+    return CHECKPOINT_MARGIN_FACTOR * expected_bytes + CHECKPOINT_MARGIN_BYTES
+
+
+def expanded_size(path: Path) -> int:
+    """The bytes loading `path` would unpack: the zip's uncompressed sizes, read from its directory without
+    decompressing anything (a torch checkpoint is a zip); the file size for anything else."""
+    size = path.stat().st_size
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return max(size, sum(info.file_size for info in archive.infolist()))
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return size  # not a zip (or a damaged one): torch.load reports it
+
+
+def check_checkpoint_size(path: Path, limit: int) -> None:
+    """Refuses a checkpoint larger than the model it claims to be could need, before anything is unpacked."""
+    expanded = expanded_size(path)
+    if expanded > limit:
+        raise ModelFolderError(
+            f"{path}: the checkpoint unpacks to {expanded / 1e6:.0f} MB, more than the {limit / 1e6:.0f} MB limit "
+            "for the model the yaml/config describes; it is not this model's checkpoint (or it is damaged): "
+            "re-download it")
+
+
+def load_checkpoint(path: Path, max_bytes: int | None = None) -> dict[str, Any]:
+    """torch.load with weights_only=True after the size check; any failure names the file and the likely cause."""
     import torch
 
+    if max_bytes is not None:
+        check_checkpoint_size(path, max_bytes)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError as exc:

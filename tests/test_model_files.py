@@ -1,6 +1,9 @@
 """Model folder checks: layout, safe yaml reading and every loading error naming the file and problem."""
 
 import shutil
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import torch
@@ -126,3 +129,63 @@ def test_hift_with_gan_prefix_and_legacy_weight_norm_keys_loads(model_copy):
     module = load_module(inspect_model_dir(model_copy), "vocoder")
     for key, value in module.state_dict().items():
         torch.testing.assert_close(value, state[key])
+
+
+def test_checkpoint_that_unpacks_beyond_the_model_size_is_refused_unread(model_copy, monkeypatch):
+    import zipfile
+
+    from cosyvoice_onnx import model_files
+
+    bomb = model_copy / "bomb.pt"
+    with zipfile.ZipFile(model_copy / "flow.pt") as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        with dst.open("archive/data/999", "w", force_zip64=True) as f:
+            block = bytes(1 << 24)
+            for _ in range(64):  # 1 GiB of zeros, ~5 MB on disk
+                f.write(block)
+    assert bomb.stat().st_size < 16 << 20
+    bomb.replace(model_copy / "flow.pt")
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or {})
+    with pytest.raises(ModelFolderError, match=r"flow\.pt: the checkpoint unpacks to 10\d\d MB, more than the \d+ MB "
+                                               r"limit for the model the yaml/config describes"):
+        load_module(inspect_model_dir(model_copy), "flow")
+    assert not loads, "the size check must come before torch.load"
+    assert model_files.expanded_size(model_copy / "hift.pt") <= model_files.checkpoint_limit(0)
+
+
+def test_failed_loads_release_their_memory(model_copy):
+    """A checkpoint inside the size bound that fails later (wrong keys) must not stay in memory through the error,
+    even when the caller keeps the errors (as a server showing its last errors does)."""
+    state = torch.load(model_copy / "flow.pt", weights_only=True)
+    state["unexpected.weight"] = torch.ones(15 << 20)  # 60 MB, inside the 2x + 64 MB bound of the tiny flow
+    torch.save(state, model_copy / "flow.pt")
+    del state
+    script = textwrap.dedent(f"""
+        import os
+        from cosyvoice_onnx.errors import ModelFolderError
+        from cosyvoice_onnx.model_files import inspect_model_dir
+        from cosyvoice_onnx.torch_backend.loader import load_module
+
+        def rss():
+            return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+        files = inspect_model_dir({str(model_copy)!r})
+        kept = []
+        def attempt():
+            try:
+                load_module(files, "flow")
+            except ModelFolderError as exc:
+                kept.append(exc)
+        attempt()  # imports and first-use allocations happen here
+        before = rss()
+        for _ in range(3):
+            attempt()
+        print("MB", (rss() - before) / 1e6, "|", kept[-1])
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    grown, message = res.stdout.split("MB", 1)[1].split("|")
+    assert "unexpected.weight" in message
+    assert float(grown) < 60, f"three failed loads of a 63 MB checkpoint left {float(grown):.0f} MB behind"

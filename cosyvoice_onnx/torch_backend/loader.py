@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
+
 import numpy as np
 import torch
 
-from ..model_files import ModelFiles, load_checkpoint, load_strict, normalize_hift_keys
+from ..errors import ModelFolderError
+from ..model_files import ModelFiles, checkpoint_limit, load_checkpoint, load_strict, normalize_hift_keys
 from .flow import CausalFlow, TorchFlow, flow_noise_buffer_torch
 from .flow_v2 import ConformerUNetFlow
 from .hift import CausalHiFT, TorchVocoder
@@ -21,19 +24,37 @@ def build_modules(cfg) -> dict[str, torch.nn.Module]:
     return {"lm": CosyVoice3LM(cfg.llm), "flow": FLOW_CLASSES[cfg.flow.kind](cfg.flow), "vocoder": CausalHiFT(cfg.hift)}
 
 
+def fp32_bytes(module: torch.nn.Module) -> int:
+    """What the module's weights take as an fp32 checkpoint (tied weights counted once)."""
+    by_storage = {t.untyped_storage().data_ptr(): t.numel() * 4 for t in module.state_dict().values()}
+    return sum(by_storage.values())
+
+
 def load_module(files: ModelFiles, stage: str) -> torch.nn.Module:
+    """The stage's module with its checkpoint loaded; a failed load leaves nothing of itself in memory."""
+    try:
+        return _load_module(files, stage)
+    except ModelFolderError as exc:
+        message = str(exc)
+    # Out of the except block the failed attempt's frames, tensors and half-built module are unreachable; collect
+    # the reference cycles among them now, and raise an error that carries no traceback into them.
+    gc.collect()
+    raise ModelFolderError(message)
+
+
+def _load_module(files: ModelFiles, stage: str) -> torch.nn.Module:
     cfg = files.config
     if stage == "lm":
         module, path = CosyVoice3LM(cfg.llm), files.llm
-        state = load_checkpoint(path)
     elif stage == "flow":
         module, path = FLOW_CLASSES[cfg.flow.kind](cfg.flow), files.flow
-        state = load_checkpoint(path)
     elif stage == "vocoder":
         module, path = CausalHiFT(cfg.hift), files.hift
-        state = normalize_hift_keys(load_checkpoint(path))
     else:
         raise ValueError(stage)
+    state = load_checkpoint(path, max_bytes=checkpoint_limit(fp32_bytes(module)))
+    if stage == "vocoder":
+        state = normalize_hift_keys(state)
     load_strict(module, state, path)
     if stage == "lm" and cfg.llm.tie_word_embeddings:
         module.tie_weights()

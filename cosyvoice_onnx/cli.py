@@ -79,7 +79,9 @@ def _cmd_download(args) -> int:
 
 def _cmd_info(args) -> int:
     from .config import flow_summary
+    from .manifest import export_status
     from .model_files import inspect_model_dir
+    from .onnx_backend.loader import default_export_dir
 
     files = inspect_model_dir(args.model)
     cfg = files.config
@@ -92,6 +94,17 @@ def _cmd_info(args) -> int:
     for name, path in {**files.checkpoints(), "campplus": files.campplus,
                        "speech tokenizer": files.speech_tokenizer}.items():
         print(f"  {name:16s} {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
+    export_dir = default_export_dir(files)
+    manifest, states = export_status(export_dir, files)
+    if manifest is None:
+        print(f"ONNX export: none ({states['-']})")
+        return 0
+    print(f"ONNX export: {export_dir} (created {manifest.get('created', '?')})")
+    for precision, state in states.items():
+        stages = ", ".join(s for s in ("lm", "flow", "vocoder") if s in manifest["precisions"][precision])
+        if state != "current":
+            state = ("stale: " if "stale export" in state else "not usable: ") + state
+        print(f"  {precision:5s} {stages}: {state}")
     return 0
 
 

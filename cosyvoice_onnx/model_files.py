@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zipfile
 from dataclasses import dataclass
@@ -66,14 +65,6 @@ def inspect_model_dir(model_dir: str | Path, llm_variant: str = "base") -> Model
         qwen_dir=qwen,
         spk2info=spk2info if spk2info.exists() else None,
     )
-
-
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # Room above the fp32 bytes a config implies: fp64 weights, the pickle and zip headers, extra buffers.

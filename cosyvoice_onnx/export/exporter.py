@@ -8,9 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
-from ..manifest import FLOW_NOISE_FILE, fingerprint, new_manifest, write_manifest
-from ..model_files import inspect_model_dir
+from ..errors import InputError, ModelFolderError
+from ..hash_cache import HashCache
+from ..manifest import FLOW_NOISE_FILE, fingerprint, new_manifest, previous_export, write_manifest
+from ..model_files import ModelFiles, inspect_model_dir
 from ..onnx_backend.loader import default_export_dir
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -29,7 +30,10 @@ def parse_precisions(text: str | list[str]) -> list[str]:
 def export_model(model_dir: str | Path, out_dir: str | Path | None = None, precisions: str | list[str] = "fp32",
                  llm_variant: str = "base", parity: bool = True,
                  progress: Callable[[str], None] = print) -> Path:
-    """Writes the ONNX graphs for the requested precisions into out_dir (default: <model>/onnx)."""
+    """Writes the ONNX graphs for the requested precisions into out_dir (default: <model>/onnx).
+
+    Precisions exported earlier from the same checkpoints are kept (see `carry_over`).
+    """
     import torch
 
     from .. import __version__
@@ -41,10 +45,14 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
     files = inspect_model_dir(model_dir, llm_variant)
     cfg = files.config
     out = Path(out_dir) if out_dir else default_export_dir(files)
-    out.mkdir(parents=True, exist_ok=True)
     wanted = parse_precisions(precisions)
+    if parity:
+        check_parity_can_run(files)  # before any file is written
+    out.mkdir(parents=True, exist_ok=True)
     progress(f"exporting {files.root} (CosyVoice{cfg.version}) to {out} at {', '.join(wanted)}")
-    manifest = new_manifest(files, __version__)
+    hashes = HashCache.in_folder(out)
+    previous = previous_export(out, files, hashes)
+    manifest = new_manifest(files, __version__, hashes)
     exporters = {"lm": export_lm, "flow": export_flow, "vocoder": export_hift}
     torch.set_grad_enabled(False)
     for stage, export in exporters.items():
@@ -53,23 +61,32 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
         module = load_module(files, stage)
         fp32_paths = None
         for precision in wanted:
-            progress(f"[{stage}] exporting {precision}")
+            same_as_fp32 = stage == "vocoder" and precision != "fp32"  # the vocoder always runs its fp32 graphs
+            progress(f"[{stage}] {precision}: uses the fp32 graphs" if same_as_fp32
+                     else f"[{stage}] exporting {precision}")
             # fp16/int8 graphs are derived from the fp32 ones just written (fp32 always comes first).
             paths = export(module, cfg, out, precision=precision, fp32_paths=fp32_paths)
             if precision == "fp32":
                 fp32_paths = paths
             manifest["precisions"].setdefault(precision, {})[stage] = [p.name for p in paths]
             for p in paths:
-                manifest["files"][p.name] = fingerprint(p, with_hash=p.stat().st_size < 64 << 20)
+                manifest["files"][p.name] = fingerprint(p, hashes)
                 data = p.with_name(p.name + ".data")
                 if data.exists():
-                    manifest["files"][data.name] = fingerprint(data, with_hash=False)
+                    manifest["files"][data.name] = fingerprint(data, hashes)
                     manifest["precisions"][precision][stage].append(data.name)
         del module
         progress(f"[{stage}] done in {time.perf_counter() - start:.1f} s")
     np.save(out / FLOW_NOISE_FILE, flow_noise())
-    manifest["files"][FLOW_NOISE_FILE] = fingerprint(out / FLOW_NOISE_FILE)
+    manifest["files"][FLOW_NOISE_FILE] = fingerprint(out / FLOW_NOISE_FILE, hashes)
+    kept, dropped = carry_over(previous, manifest)
+    if kept:
+        progress(f"kept the earlier {', '.join(kept)} export (its fp32 graphs are unchanged)")
+    if dropped:
+        progress(f"dropped the earlier {', '.join(dropped)} export: the fp32 graphs it was derived from changed; "
+                 f"re-export it with `cosyvoice-onnx export --model {files.root} --precision {','.join(dropped)}`")
     write_manifest(out, manifest)
+    hashes.save()
     if parity:
         from ..tools.parity import quick_parity
 
@@ -80,6 +97,40 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
             progress("[parity] " + summarize(manifest["parity"][precision]))
     progress(f"export written to {out}")
     return out
+
+
+def carry_over(previous: dict | None, manifest: dict) -> tuple[list[str], list[str]]:
+    """Adds to `manifest` the precisions of the earlier export of the same checkpoints that this run did not redo.
+
+    They were derived from the fp32 graphs the earlier run wrote, so they are kept only when this run's fp32
+    graphs came out byte-identical (same SHA-256); otherwise they are dropped. Returns (kept, dropped).
+    """
+    if previous is None:
+        return [], []
+    earlier = sorted(p for p in previous.get("precisions", {}) if p not in manifest["precisions"])
+    fp32 = {name for names in manifest["precisions"]["fp32"].values() for name in names}
+    if any(previous["files"].get(name, {}).get("sha256") != manifest["files"][name]["sha256"] for name in fp32):
+        return [], earlier
+    for precision in earlier:
+        manifest["precisions"][precision] = previous["precisions"][precision]
+        for name in (n for names in previous["precisions"][precision].values() for n in names):
+            manifest["files"].setdefault(name, previous["files"].get(name, {}))
+        if precision in previous.get("parity", {}):
+            manifest["parity"][precision] = previous["parity"][precision]
+    return earlier, []
+
+
+def check_parity_can_run(files: ModelFiles) -> None:
+    """The built-in parity run tokenizes text; a LM whose text vocabulary is smaller than the tokenizer's ids
+    could not embed them."""
+    from ..tokenizer import TextTokenizer
+
+    tokenizer = TextTokenizer.from_dir(files.qwen_dir, files.config.tokenizer_version)
+    if tokenizer.vocab_size > files.config.llm.text_vocab_size:
+        raise ModelFolderError(
+            f"{files.qwen_dir / 'config.json'}: vocab_size {files.config.llm.text_vocab_size} is smaller than the "
+            f"tokenizer's {tokenizer.vocab_size} ids, so the LM cannot embed its special tokens and the parity check "
+            "cannot run; fix the model folder, or export with --no-parity (nothing was written)")
 
 
 def summarize(report: dict) -> str:

@@ -143,11 +143,15 @@ def load_config(model_dir: Path) -> ModelConfig:
     _check_classes(hp, release, path)
     cfg = release_config(version)
     _read_qwen(cfg, model_dir)
-    _read_llm(cfg, hp.get("llm", {}), release)
-    _FLOW_READERS[release.flow_kind](cfg.flow, hp.get("flow", {}))
-    _read_hift(cfg.hift, hp.get("hift", {}))
-    _read_features(cfg.features, hp)
-    cfg.streaming.token_hop_len = int(_get(hp, "chunk_size", cfg.streaming.token_hop_len))
+    try:
+        _read_llm(cfg, hp.get("llm", {}), release)
+        _FLOW_READERS[release.flow_kind](cfg.flow, hp.get("flow", {}))
+        _read_hift(cfg.hift, hp.get("hift", {}))
+        _read_features(cfg.features, hp)
+        cfg.streaming.token_hop_len = int(_get(hp, "chunk_size", cfg.streaming.token_hop_len))
+    except (ValueError, TypeError) as exc:  # e.g. `sample_rate: fast`, or a list where a number belongs
+        raise ModelFolderError(f"{path}: a value has the wrong type ({exc}); compare it with the official yaml") \
+            from exc
     cfg.streaming.pre_lookahead_len = cfg.flow.pre_lookahead_len
     return cfg
 

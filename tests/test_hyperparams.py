@@ -41,8 +41,8 @@ HOSTILE = {
     "list repeated by !ref": ("a: [1, 2]\nb: !ref <a> * 100000000\n", "numbers only"),
     "literal string repeated": ("b: !ref \"'lol' * 100000000\"\n", "numbers only"),
     "!ref fan-out chain": (_ref_fanout(), "more than"),
-    "!ref repeats a large list": ("big: [" + ", ".join(["1"] * 2000) + "]\nc: [" + ", ".join(["!ref <big>"] * 100) + "]\n",
-                                  "more than"),
+    "!ref repeats a large list": (
+        "big: [" + ", ".join(["1"] * 2000) + "]\nc: [" + ", ".join(["!ref <big>"] * 100) + "]\n", "more than"),
     "huge product": ("a: 1000000000\nb: !ref <a> * <a> * <a> * <a>\n", "out of range"),
     "!ref cycle": ("a: !ref <b>\nb: !ref <a>\n", "nesting deeper"),
     "long !ref": ("b: !ref " + " + ".join(["1"] * 400) + "\n", "longer than"),
@@ -100,3 +100,21 @@ def test_ref_arithmetic_on_numbers_still_works(tmp_path):
                     "g: !ref <a>\nh: some/path\ni: !ref <h>\n")
     hp = read_hyperparams(path)
     assert (hp["d"], hp["e"], hp["f"], hp["g"], hp["i"]) == (49, 12.5, 3, 25, "some/path")
+
+
+@pytest.mark.parametrize("line", ["sample_rate: fast", "chunk_size: [1, 2]"])
+def test_a_yaml_value_of_the_wrong_type_is_a_model_folder_error(tiny_model_dir, tmp_path, line):
+    import re
+    import shutil
+
+    from cosyvoice_onnx.config_readers import load_config
+    from cosyvoice_onnx.errors import ModelFolderError
+
+    model = tmp_path / "model"
+    model.mkdir()
+    shutil.copytree(tiny_model_dir / "CosyVoice-BlankEN", model / "CosyVoice-BlankEN")
+    text = (tiny_model_dir / "cosyvoice3.yaml").read_text()
+    key = line.split(":")[0]
+    (model / "cosyvoice3.yaml").write_text(re.sub(rf"(?m)^{key}: .*$", line, text))
+    with pytest.raises(ModelFolderError, match=r"cosyvoice3\.yaml: "):
+        load_config(model)

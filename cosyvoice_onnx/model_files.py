@@ -10,8 +10,8 @@ from typing import Any
 
 from .config import QWEN_DIR, ModelConfig
 from .config_readers import load_config
-from .releases import RELEASES
 from .errors import ModelFolderError
+from .releases import RELEASES
 
 LLM_VARIANTS = {"base": "llm.pt", "rl": "llm.rl.pt"}
 

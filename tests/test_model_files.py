@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cosyvoice_onnx.config_readers import load_config
-from cosyvoice_onnx.hyperparams import read_hyperparams
 from cosyvoice_onnx.errors import ModelFolderError
+from cosyvoice_onnx.hyperparams import read_hyperparams
 from cosyvoice_onnx.model_files import inspect_model_dir, normalize_hift_keys
 from cosyvoice_onnx.torch_backend.loader import load_module
 

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 from cosyvoice_onnx.config import FlowConfig
 from cosyvoice_onnx.config_readers import apply_flow_v2_hyperparams
-from cosyvoice_onnx.hyperparams import read_hyperparams
 from cosyvoice_onnx.errors import ModelFolderError
 from cosyvoice_onnx.flow_solver import token_to_mel
+from cosyvoice_onnx.hyperparams import read_hyperparams
 from cosyvoice_onnx.torch_backend.conformer import rel_shift, relative_position_encoding
 from cosyvoice_onnx.torch_backend.flow import (
     TorchFlow, attention_mask, flow_noise_buffer_torch, streaming_attention_mask,

@@ -98,22 +98,17 @@ class ReleaseExports:
         return FLOW_CLASSES[RELEASES[version].flow_kind](case_of(version).tiny).eval()
 
     @functools.cache
-    def export_dir(self, version: int) -> Path:
-        out = self.tmp_path_factory.mktemp(f"flow_export_cv{version}")
-        written = export_flow(self.flow(version), model_config(version), out, precision="fp16")
-        assert [p.name for p in written] == ["flow_encoder.onnx", "flow_estimator.onnx", "flow_estimator.fp16.onnx"]
+    def export(self, version: int, precision: str) -> Path:
+        """fp32 graphs plus the estimator in `precision`, in a folder of their own."""
+        out = self.tmp_path_factory.mktemp(f"flow_{precision}_cv{version}")
+        written = export_flow(self.flow(version), model_config(version), out, precision=precision)
+        assert [p.name for p in written] == ["flow_encoder.onnx", "flow_estimator.onnx",
+                                             f"flow_estimator.{precision}.onnx"]
         return out
 
     @functools.cache
     def onnx_flow(self, version: int) -> OnnxFlow:
-        return OnnxFlow(self.export_dir(version), model_config(version), "fp32", threads=1)
-
-    @functools.cache
-    def int8_dir(self, version: int) -> Path:
-        out = self.tmp_path_factory.mktemp(f"flow_int8_cv{version}")
-        written = export_flow(self.flow(version), model_config(version), out, precision="int8")
-        assert [p.name for p in written] == ["flow_encoder.onnx", "flow_estimator.onnx", "flow_estimator.int8.onnx"]
-        return out
+        return OnnxFlow(self.export(version, "fp16"), model_config(version), "fp32", threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +129,7 @@ def flow(exports, version) -> torch.nn.Module:
 
 @pytest.fixture
 def export_dir(exports, version) -> Path:
-    return exports.export_dir(version)
+    return exports.export(version, "fp16")
 
 
 @pytest.fixture
@@ -144,7 +139,7 @@ def onnx_flow(exports, version) -> OnnxFlow:
 
 @pytest.fixture
 def int8_dir(exports, version) -> Path:
-    return exports.int8_dir(version)
+    return exports.export(version, "int8")
 
 
 def estimator_inputs(seq_len: int, seed: int = 0) -> dict[str, np.ndarray]:

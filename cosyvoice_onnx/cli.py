@@ -126,7 +126,8 @@ def _cmd_parity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="cosyvoice-onnx", description=__doc__)
+    p = _Parser(prog="cosyvoice-onnx", description=__doc__,
+                epilog="exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()))
     p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set COSYVOICE_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -208,9 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)
-    except UsageError as exc:
-        return _fail(exc, EXIT_USAGE, args)
-    except InputError as exc:
+    except (UsageError, InputError) as exc:
         return _fail(exc, EXIT_USAGE, args)
     except CosyVoiceError as exc:
         return _fail(exc, EXIT_RUNTIME, args)
@@ -254,6 +253,6 @@ def _fail(exc: BaseException, code: int, args, message: str | None = None) -> in
     return code
 
 
-def _one_line(exc: BaseException) -> str:
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text or type(exc).__name__
+def _one_line(exc: BaseException, limit: int = 2000) -> str:
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -125,7 +125,7 @@ def test_unwritable_outputs_are_refused_before_any_work(tmp_path, capsys, monkey
     assert f"cannot write in folder {unwritable_dir}" in one_error_line(capsys)
 
 
-def test_export_into_an_unwritable_model_folder_is_refused_first(tmp_path, capsys, monkeypatch):
+def test_export_default_folder_is_checked_first(tmp_path, capsys, monkeypatch):
     model = tmp_path / "model"
     model.mkdir()
     (model / "onnx").write_text("a file where the export folder would go")

@@ -34,7 +34,12 @@ def parse_backend(spec: str | dict | None) -> dict[str, StageChoice]:
         return {s: choice if (s in INT8_STAGES or choice.precision != "int8") else StageChoice(choice.backend)
                 for s in STAGES}
     if isinstance(spec, str):
-        items = dict(part.split("=", 1) for part in spec.split(",") if part.strip())
+        parts = [part.partition("=") for part in spec.split(",") if part.strip()]
+        malformed = [stage + sep + value for stage, sep, value in parts if not sep]
+        if malformed:
+            raise InputError(f"backend spec {spec!r}: {malformed[0]!r} is not STAGE=BACKEND; write e.g. "
+                             "lm=onnx:int8,flow=torch,vocoder=onnx")
+        items = {stage: value for stage, _, value in parts}
     else:
         items = dict(spec)
     unknown = set(items) - set(STAGES)

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 
+from .cli_args import check_output_dir, float_range, int_range, output_dir, output_file, seed
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
-from .errors import CosyVoiceError
+from .errors import CosyVoiceError, InputError
+
+
+MAX_PARITY_TOKENS = 5000  # a parity run decodes at most this many LM steps per backend
 
 
 def _cmd_make_tiny_model(args) -> int:
@@ -111,6 +117,7 @@ def _cmd_info(args) -> int:
 def _cmd_export(args) -> int:
     from .export.exporter import export_model
 
+    check_output_dir(args.out or args.model / "onnx")  # before the export's minutes of work
     export_model(args.model, args.out, precisions=args.precision, llm_variant=args.llm, parity=not args.no_parity,
                  progress=lambda msg: print(msg, flush=True))
     return 0
@@ -132,19 +139,21 @@ def _cmd_parity(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cosyvoice-onnx", description=__doc__)
+    p = _Parser(prog="cosyvoice-onnx", description=__doc__,
+                epilog="exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()))
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error (or set COSYVOICE_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("make-tiny-model", help="write a tiny synthetic model folder (official layout, random weights)")
-    t.add_argument("out", type=Path)
+    t.add_argument("out", type=output_dir)
     t.add_argument("--version", type=int, default=3, choices=[2, 3])
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--seed", type=seed, default=0)
     t.set_defaults(func=_cmd_make_tiny_model)
 
     c = sub.add_parser("make-test-clip", help="write a synthetic voice-like prompt clip (WAV) for trying things out")
-    c.add_argument("out", type=Path)
-    c.add_argument("--seconds", type=float, default=4.0)
-    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("out", type=output_file)
+    c.add_argument("--seconds", type=float_range(0, 600, above_low=True), default=4.0)
+    c.add_argument("--seed", type=seed, default=0)
     c.set_defaults(func=_cmd_make_test_clip)
 
     s = sub.add_parser("synth", help="synthesize speech in the voice of a prompt clip")
@@ -156,27 +165,29 @@ def build_parser() -> argparse.ArgumentParser:
                    help="transcript of the clip; omit for cross-lingual mode")
     s.add_argument("--instruct", default=None, help="natural-language instruction (instruct mode)")
     s.add_argument("--instruct-preset", default=None, help="e.g. dialect:四川, emotion:happy, speed:fast")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--speed", type=float, default=1.0)
+    s.add_argument("--seed", type=seed, default=0)
+    s.add_argument("--speed", type=float_range(0.5, 2.0), default=1.0, help="0.5 .. 2 (non-streaming)")
     s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
     s.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
-    s.add_argument("--out", required=True, type=Path)
+    s.add_argument("--out", required=True, type=output_file)
     add_synth_controls(s)
     s.set_defaults(func=_cmd_synth)
     add_voices_command(sub)
     add_pronounce_command(sub)
 
+    from .download import MODELS
+
     d = sub.add_parser("download", help="download an official model folder (HuggingFace or ModelScope)")
-    d.add_argument("--name", default="Fun-CosyVoice3-0.5B-2512")
+    d.add_argument("--name", default="Fun-CosyVoice3-0.5B-2512", choices=list(MODELS))
     d.add_argument("--source", default="huggingface", choices=["huggingface", "modelscope"])
-    d.add_argument("--out", default=Path("models"), type=Path)
+    d.add_argument("--out", default=Path("models"), type=output_dir)
     d.set_defaults(func=_cmd_download)
 
     e = sub.add_parser("export", help="export every neural stage to ONNX, with a manifest and parity figures")
     e.add_argument("--model", required=True, type=Path)
     e.add_argument("--precision", default="fp32", help="fp32, fp16, int8 or a comma list (fp32 always included)")
-    e.add_argument("--out", type=Path, default=None, help="export folder (default: MODEL/onnx)")
+    e.add_argument("--out", type=output_dir, default=None, help="export folder (default: MODEL/onnx)")
     e.add_argument("--llm", default="base", choices=["base", "rl"])
     e.add_argument("--no-parity", action="store_true", help="skip the parity check after export")
     e.set_defaults(func=_cmd_export)
@@ -188,10 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prompt-wav", type=Path, default=None, help="default: a synthetic voice-like clip")
     q.add_argument("--prompt-text", default="This is the prompt clip.")
     q.add_argument("--text", default="Hello! This sentence checks that both backends say exactly the same thing.")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--max-tokens", type=int, default=200)
+    q.add_argument("--seed", type=seed, default=0)
+    q.add_argument("--max-tokens", type=int_range(1, MAX_PARITY_TOKENS), default=200)
     q.add_argument("--llm", default="base", choices=["base", "rl"])
-    q.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
+    q.add_argument("--json", type=output_file, default=None, help="write the full report as JSON")
     q.set_defaults(func=_cmd_parity)
 
     i = sub.add_parser("info", help="check a model folder and print what it holds")
@@ -200,16 +211,61 @@ def build_parser() -> argparse.ArgumentParser:
     from .tools.bench import add_bench_command
 
     add_bench_command(sub)
+    for command in sub.choices.values():  # `--debug` is accepted after the command name too
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs one command; returns the exit status (see EXIT_CODES). Every failure a user can cause is one line."""
+    args = None
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
+    except (UsageError, InputError) as exc:
+        return _fail(exc, EXIT_USAGE, args)
     except CosyVoiceError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+        return _fail(exc, EXIT_RUNTIME, args)
+    except KeyboardInterrupt as exc:
+        return _fail(exc, EXIT_INTERRUPTED, args, "interrupted")
+    except MemoryError as exc:
+        return _fail(exc, EXIT_RUNTIME, args, "out of memory; try a shorter text, the int8 precision "
+                                              "(--backend onnx:int8) or close other programs")
+    except OSError as exc:
+        # Disk full, permission denied, a file vanished: the system's reason and the file it concerns.
+        where = f": {exc.filename}" if exc.filename else ""
+        return _fail(exc, EXIT_RUNTIME, args, f"{exc.strerror or exc}{where}")
+    except Exception as exc:  # a bug: say so in one line, and how to get the traceback for a report
+        return _fail(exc, EXIT_RUNTIME, args, f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+                                              "rerun with --debug for the traceback")
+
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = {EXIT_OK: "success", EXIT_RUNTIME: "runtime error (model folder, export, synthesis, files, a bug)",
+              EXIT_USAGE: "usage error (unknown option, bad option value, bad input text/audio/name)",
+              EXIT_INTERRUPTED: "interrupted (Ctrl-C)"}
+
+
+class UsageError(Exception):
+    """The command line itself is wrong (argparse's complaint), reported without argparse's usage block."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def _debug(args) -> bool:
+    return bool(getattr(args, "debug", False)) or os.environ.get("COSYVOICE_DEBUG", "") not in ("", "0")
+
+
+def _fail(exc: BaseException, code: int, args, message: str | None = None) -> int:
+    if _debug(args):
+        traceback.print_exception(exc)
+    print(f"error: {message or _one_line(exc)}", file=sys.stderr)
+    return code
+
+
+def _one_line(exc: BaseException, limit: int = 2000) -> str:
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -3,28 +3,31 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
+from .cli_args import float_range, folder
 from .duration import DURATION_METHODS
 from .errors import InputError
-from .longtext import DEFAULT_JOIN_MS, JOIN_METHODS
+from .longtext import DEFAULT_JOIN_MS, JOIN_METHODS, MAX_JOIN_MS
 
 
 def add_synth_controls(s: argparse.ArgumentParser) -> None:
-    s.add_argument("--duration", type=float, default=None, help="exact output length in seconds (non-streaming)")
+    s.add_argument("--duration", type=float_range(0, math.inf, above_low=True), default=None, help="exact output length in seconds (non-streaming)")
     s.add_argument("--duration-method", default="tokens", choices=DURATION_METHODS,
                    help="tokens: the LM speaks exactly round(S*25) tokens; stretch: natural pace, mel resampled")
     s.add_argument("--voice", default=None, help="a saved voice (see `voices`) instead of --prompt-wav")
-    s.add_argument("--voices-dir", type=Path, default=None, help="saved voices folder (default: per-user data)")
+    s.add_argument("--voices-dir", type=folder, default=None, help="saved voices folder (default: per-user data)")
     s.add_argument("--emotion-wav", type=Path, default=None,
                    help="clip whose delivery the LM follows; the timbre stays --timbre-wav/--prompt-wav's")
     s.add_argument("--emotion-text", default=None, help="transcript of --emotion-wav")
     s.add_argument("--emotion-voice", default=None, help="a saved voice as the emotion clip")
-    s.add_argument("--mix", type=float, default=1.0,
+    s.add_argument("--mix", type=float_range(0, 1), default=1.0,
                    help="0 = LM prompt all timbre clip, 1 = all emotion clip; between: spliced (default 1)")
     s.add_argument("--join", default="none", choices=JOIN_METHODS, help="how sentences meet (default: as official)")
-    s.add_argument("--join-ms", type=float, default=DEFAULT_JOIN_MS, help="cross-fade or silence length")
+    s.add_argument("--join-ms", type=float_range(0, MAX_JOIN_MS), default=DEFAULT_JOIN_MS,
+                   help=f"cross-fade or silence length (0 .. {MAX_JOIN_MS:g})")
     s.add_argument("--reading", action="append", default=[], metavar="INDEX=PINYIN",
                    help="read the Han character at INDEX of --text as PINYIN (e.g. 3=jǐ); repeatable")
     s.add_argument("--check-tags", action="store_true", help="refuse unknown [tags] instead of reading them aloud")
@@ -138,7 +141,7 @@ def add_voices_command(sub) -> None:
     v = sub.add_parser("voices", help="list, save, delete or import saved voices")
     v.add_argument("action", choices=["list", "save", "delete", "import"])
     v.add_argument("name", nargs="?", default=None, help="voice name (save, delete)")
-    v.add_argument("--voices-dir", type=Path, default=None, help="default: per-user data folder")
+    v.add_argument("--voices-dir", type=folder, default=None, help="default: per-user data folder")
     v.add_argument("--model", type=Path, default=None, help="model folder (save, import; list: flag other models)")
     v.add_argument("--prompt-wav", type=Path, default=None, help="clip to save (save)")
     v.add_argument("--prompt-text", default=None, help="its transcript (save)")

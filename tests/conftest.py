@@ -1,5 +1,7 @@
-"""Shared fixtures: one tiny synthetic CV3 model folder and a voice-like prompt clip per test session."""
+"""Shared fixtures: tiny synthetic model folders (CV3 by default, any release on request) and a voice-like prompt
+clip, once per test session."""
 
+import functools
 import os
 
 import pytest
@@ -24,10 +26,32 @@ def single_torch_thread():
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
+def tiny_model_of(tmp_path_factory):
+    """tiny_model_of(version): the tiny model folder of that release, made on first use, once per session."""
     from cosyvoice_onnx.tools.tiny import make_tiny_model
 
-    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny-cv3", seed=0)
+    @functools.cache
+    def of(version: int):
+        return make_tiny_model(tmp_path_factory.mktemp("models") / f"tiny-cv{version}", version=version, seed=0)
+
+    return of
+
+
+@pytest.fixture(scope="session")
+def tiny_export_of(tiny_model_of):
+    """tiny_export_of(version): the fp32 ONNX export (no parity run) in that release's tiny folder, made once."""
+    from cosyvoice_onnx.export.exporter import export_model
+
+    @functools.cache
+    def of(version: int):
+        return export_model(tiny_model_of(version), precisions="fp32", parity=False, progress=lambda _: None)
+
+    return of
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_model_of):
+    return tiny_model_of(3)
 
 
 @pytest.fixture(scope="session")

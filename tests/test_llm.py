@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from cosyvoice_onnx.config import LLMConfig
+from cosyvoice_onnx.releases import RELEASES, release_config
 from cosyvoice_onnx.torch_backend.llm import CosyVoice3LM, TorchLanguageModel
 
 TINY = LLMConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=8, intermediate_size=48,
@@ -26,7 +27,7 @@ def random_model(cfg: LLMConfig, seed: int = 0) -> CosyVoice3LM:
     return model
 
 
-def expected_cv3_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
+def expected_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
     h, kv, ff = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim, cfg.intermediate_size
     shapes = {"llm.model.model.embed_tokens.weight": (cfg.text_vocab_size, h)}
     for i in range(cfg.num_layers):
@@ -42,30 +43,35 @@ def expected_cv3_shapes(cfg: LLMConfig) -> dict[str, tuple[int, ...]]:
     shapes["llm.model.model.norm.weight"] = (h,)
     shapes["llm.model.lm_head.weight"] = (cfg.text_vocab_size, h)
     shapes["llm_decoder.weight"] = (cfg.speech_vocab_size, h)
+    if cfg.decoder_bias:
+        shapes["llm_decoder.bias"] = (cfg.speech_vocab_size,)
+    if not cfg.sos_task_in_speech_embedding:
+        shapes["llm_embedding.weight"] = (2, h)          # sos and task_id live in a table of their own
     shapes["speech_embedding.weight"] = (cfg.speech_vocab_size, h)
     return shapes
 
 
-def test_state_dict_matches_official_cv3_llm_pt():
+# The official llm.pt of each release: tensor count and a few shapes; the rest follow from the release's config.
+LLM_PT = {
+    3: (293, {"llm.model.model.layers.23.self_attn.k_proj.weight": (128, 896),
+              "speech_embedding.weight": (6761, 896)}),
+    2: (295, {"llm_embedding.weight": (2, 896), "llm_decoder.bias": (6564,), "speech_embedding.weight": (6564, 896)}),
+}
+
+
+@pytest.mark.parametrize("version", sorted(RELEASES, reverse=True), ids=lambda v: f"CV{v}")
+def test_state_dict_matches_official_llm_pt(version):
+    # One module class for both releases: the layout differences are config values.
+    cfg = release_config(version).llm
     with torch.device("meta"):
-        model = CosyVoice3LM(LLMConfig())
+        model = CosyVoice3LM(cfg)
     state = model.state_dict()
-    assert len(state) == 293
-    assert {k: tuple(v.shape) for k, v in state.items()} == expected_cv3_shapes(LLMConfig())
-    assert state["llm.model.model.layers.23.self_attn.k_proj.weight"].shape == (128, 896)
-    assert state["speech_embedding.weight"].shape == (6761, 896)
+    keys, some_shapes = LLM_PT[version]
+    assert len(state) == keys
+    assert {k: tuple(v.shape) for k, v in state.items()} == expected_shapes(cfg)
+    for key, shape in some_shapes.items():
+        assert state[key].shape == shape, key
     assert model.llm.model.lm_head.weight is model.llm.model.model.embed_tokens.weight
-
-
-def test_cv2_layout_is_a_config_difference():
-    cfg = dataclasses.replace(LLMConfig(), speech_vocab_size=6564, decoder_bias=True, sos=0, task_id=1,
-                              sos_task_in_speech_embedding=False)
-    with torch.device("meta"):
-        state = CosyVoice3LM(cfg).state_dict()
-    assert len(state) == 295
-    assert state["llm_embedding.weight"].shape == (2, 896)
-    assert state["llm_decoder.bias"].shape == (6564,)
-    assert state["speech_embedding.weight"].shape == (6564, 896)
 
 
 def test_untied_config_keeps_separate_lm_head():

@@ -1,4 +1,5 @@
-"""The whole ONNX workflow on a tiny CV3 folder: export, manifest, synth, parity, per-stage swap, staleness."""
+"""The whole ONNX workflow on a tiny CV3 folder: export, manifest, synth, parity, per-stage swap, staleness; tests
+parametrized by release also run on that release's tiny folder."""
 
 import json
 import shutil
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from cosyvoice_onnx.releases import RELEASES
 from cosyvoice_onnx.errors import ExportError
 
 TRANSCRIPT = "hello there this is a test"
@@ -53,14 +55,25 @@ def test_fp32_parity_recorded_at_export_meets_the_targets(exported):
     assert "speaker_cosine" in parity["int8"]["end_to_end"]
 
 
-def test_onnx_engine_synthesizes_without_torch(exported, prompt_wav, tmp_path):
+@pytest.fixture
+def exported_of(exported, tiny_export_of):
+    """exported_of(version): a tiny folder of that release with an ONNX export (this module's own, where it is)."""
+    from cosyvoice_onnx.config_readers import load_config
+
     model, _ = exported
+    return lambda version: model if load_config(model).version == version else tiny_export_of(version).parent
+
+
+@pytest.mark.parametrize("version", sorted(RELEASES, reverse=True), ids=lambda v: f"CV{v}")
+def test_onnx_engine_synthesizes_without_torch(exported_of, version, prompt_wav, tmp_path):
+    model = exported_of(version)
     out = tmp_path / "onnx.wav"
     script = textwrap.dedent(f"""
         import sys
         sys.modules['torch'] = None  # any import of torch now fails
         from cosyvoice_onnx import CosyVoice, save_wav
         tts = CosyVoice({str(model)!r}, backend='onnx')
+        assert tts.cfg.version == {version}
         audio = tts.synthesize({TEXT!r}, prompt_wav={str(prompt_wav)!r}, prompt_text={TRANSCRIPT!r}, seed=1,
                                exact_len=40)
         chunks = list(tts.synthesize({TEXT!r}, prompt_wav={str(prompt_wav)!r}, prompt_text={TRANSCRIPT!r},

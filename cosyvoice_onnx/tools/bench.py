@@ -703,20 +703,22 @@ def format_report(report: dict) -> str:
 
 def add_bench_command(sub) -> None:
     """Registers `cosyvoice-onnx bench` on the CLI's subparsers."""
+    from ..cli_args import int_range, output_dir, output_file
+
     b = sub.add_parser("bench", help="time every stage on PyTorch and ONNX Runtime against this machine's bounds")
     b.add_argument("--size", default="tiny", choices=SIZES, help="random-weight model size (ignored with --model)")
     b.add_argument("--version", type=int, default=3, choices=[3, 2], help="CosyVoice release of the random model")
     b.add_argument("--model", type=Path, default=None, help="benchmark this model folder instead (export reused)")
-    b.add_argument("--work", type=Path, default=None,
+    b.add_argument("--work", type=output_dir, default=None,
                    help=f"folder for the generated model and its export, reused by later runs "
                         f"(default {default_work_dir()})")
     b.add_argument("--precisions", default="fp32,int8",
                    help="ONNX precisions: fp32, int8 (LM and flow estimator), fp16 (CUDA only)")
-    b.add_argument("--threads", type=int, default=None,
+    b.add_argument("--threads", type=int_range(1, 1024), default=None,
                    help="threads per backend (default: the ONNX backend's, one per physical core)")
-    b.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after a warm-up")
+    b.add_argument("--repeats", type=int_range(1, 1000), default=3, help="timed runs per stage, after a warm-up")
     b.add_argument("--quick", action="store_true", help="a 2 s request and one repeat: a check that it all runs")
-    b.add_argument("--json", type=Path, default=None, help="write the full report as JSON")
+    b.add_argument("--json", type=output_file, default=None, help="write the full report as JSON")
     b.set_defaults(func=_cmd_bench)
 
 

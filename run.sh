@@ -39,10 +39,20 @@ install_torch() {
   want="$(grep -E '^torch==' requirements.txt)"
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     echo "[run.sh] NVIDIA GPU found: installing $want from the package registry (the CUDA build)"
-  elif "$PY" -c "import sys, urllib.request; urllib.request.urlopen(sys.argv[1] + '/torch/', timeout=5)" \
-        "$TORCH_CPU_INDEX" >/dev/null 2>&1; then
+  elif "$PY" - "$TORCH_CPU_INDEX" >/dev/null 2>&1 <<'PROBE'
+# A thread with a deadline, because urlopen's timeout does not bound the DNS lookup.
+import sys, threading, urllib.request
+answered = []
+probe = threading.Thread(target=lambda: answered.append(urllib.request.urlopen(sys.argv[1] + "/torch/", timeout=5)),
+                         daemon=True)
+probe.start()
+probe.join(8)
+sys.exit(0 if answered else 1)
+PROBE
+  then
     echo "[run.sh] no NVIDIA GPU: installing $want, CPU build, from $TORCH_CPU_INDEX"
-    "$PY" -m pip install --quiet --timeout 30 --index-url "$TORCH_CPU_INDEX" "$want+cpu"
+    "$PY" -m pip install --quiet --timeout 30 --retries 1 --index-url "$TORCH_CPU_INDEX" "$want+cpu" \
+      || echo "[run.sh] that failed: $want comes from the package registry instead"
   else
     echo "[run.sh] no NVIDIA GPU, but $TORCH_CPU_INDEX is unreachable: $want comes from the package registry"
     echo "         (on Linux x86_64 that is the CUDA build unless your registry serves another one)"
@@ -59,7 +69,8 @@ if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$WANT" ]; then
   "$PY" -m pip install --quiet -r "${REQS[-1]}"
   "$PY" -m pip install --quiet --no-deps -e .
   echo "$WANT" > "$STAMP"
-  "$PY" -c "import torch; print('[run.sh] torch', torch.__version__, '(CUDA ' + torch.version.cuda + ' build)' if torch.version.cuda else '(CPU build)')"
+  "$PY" -c "import torch; cuda = torch.version.cuda
+print('[run.sh] torch', torch.__version__, f'(CUDA {cuda} build)' if cuda else '(CPU build)')"
 else
   echo "[run.sh] reusing $VENV (requirements unchanged)"
 fi
@@ -69,7 +80,8 @@ if [ "$TEST" = 1 ]; then
   if [ -x /usr/bin/chromium ]; then
     echo "[run.sh] browser test: runs with /usr/bin/chromium"
   else
-    echo "[run.sh] browser test: SKIPPED, /usr/bin/chromium is absent. Enable it (Debian/Ubuntu): sudo apt-get install chromium"
+    echo "[run.sh] browser test: SKIPPED, /usr/bin/chromium is absent."
+    echo "         Enable it (Debian/Ubuntu): sudo apt-get install chromium"
   fi
   exec "$PY" -m pytest -q "${APP_ARGS[@]}"
 fi

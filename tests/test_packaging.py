@@ -36,7 +36,9 @@ def run(cmd, timeout, **kwargs) -> subprocess.CompletedProcess:
 
 
 def pip_install(venv: Path, *args, timeout: int) -> None:
-    res = run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", *PIP_NETWORK, *args], timeout=timeout)
+    # --no-compile: these venvs live for one test, so byte-compiling torch and gradio would be wasted time.
+    res = run([venv / "bin" / "python", "-m", "pip", "install", "--quiet", "--no-compile", *PIP_NETWORK, *args],
+              timeout=timeout)
     if res.returncode != 0:
         if any(e in res.stdout + res.stderr for e in NETWORK_ERRORS):
             pytest.skip(f"package registry unreachable: {res.stderr.strip().splitlines()[-1]}")

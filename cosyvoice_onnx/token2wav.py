@@ -170,4 +170,7 @@ class Token2Wav:
                 yield run(offset + hop + schedule.lookahead, finalize=False)
                 offset += hop
                 hop = next(hops)
-        yield run(len(tokens), finalize=True)
+        # A segment whose LM stopped before its first token has no speech: it adds no audio, as in `whole`
+        # callers (the vocoder cannot run on zero mel frames).
+        if tokens:
+            yield run(len(tokens), finalize=True)

@@ -87,6 +87,16 @@ def test_onnx_and_torch_give_the_same_audio_for_the_same_tokens(exported, prompt
     assert a.shape == b.shape and snr_db(a, b) >= 40
 
 
+def test_onnx_streaming_skips_a_segment_without_speech_tokens(exported, prompt_wav):
+    from cosyvoice_onnx import CosyVoice
+
+    model, _ = exported
+    tts = CosyVoice(model, backend="onnx")
+    voice = tts.prompt_from_audio(prompt_wav, TRANSCRIPT)
+    assert tts.synthesize(TEXT, voice=voice, seed=1, max_len=0).size == 0
+    assert sum(len(c) for c in tts.synthesize(TEXT, voice=voice, seed=1, max_len=0, stream=True)) == 0
+
+
 def test_per_stage_backend_choice(exported):
     from cosyvoice_onnx import CosyVoice
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError
+from .plan import EXPORT_PRECISIONS, SYNTAX as PLAN_SYNTAX
 
 
 def _cmd_make_tiny_model(args) -> int:
@@ -35,14 +36,16 @@ def _cmd_synth(args) -> int:
     from .audio import write_wav
     from .config import detect_version
     from .engine import CosyVoice
+    from .plan import ExecutionPlan
     from .prompts import preset_instruction
 
+    plan = ExecutionPlan.parse(args.backend, device=getattr(args, "device", "cpu"))
     instruct = args.instruct
     if args.instruct_preset:
         # Presets differ per release; checked before the weights load so a typo fails fast.
         instruct = preset_instruction(args.instruct_preset, detect_version(args.model))
     start = time.perf_counter()
-    tts = CosyVoice(args.model, backend=args.backend, llm_variant=args.llm)
+    tts = CosyVoice(args.model, backend=plan, llm_variant=args.llm)
     loaded = time.perf_counter()
     controls = synth_controls(args, tts)
     result = tts.synthesize(controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
@@ -110,7 +113,7 @@ def _cmd_parity(args) -> int:
 
     report = run_parity(args.model, args.export_dir, precision=args.precision, prompt_wav=args.prompt_wav,
                         prompt_text=args.prompt_text, text=args.text, seed=args.seed, max_tokens=args.max_tokens,
-                        llm_variant=args.llm)
+                        llm_variant=args.llm, device=getattr(args, "device", "cpu"))
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -146,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--speed", type=float, default=1.0)
     s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
-    s.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
+    s.add_argument("--backend", default="torch", help=PLAN_SYNTAX)
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
     s.add_argument("--out", required=True, type=Path)
     add_synth_controls(s)
@@ -171,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("parity", help="compare PyTorch and ONNX stage by stage from the same seed")
     q.add_argument("--model", required=True, type=Path)
     q.add_argument("--export-dir", type=Path, default=None, help="default: MODEL/onnx")
-    q.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    q.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS)
     q.add_argument("--prompt-wav", type=Path, default=None, help="default: a synthetic voice-like clip")
     q.add_argument("--prompt-text", default="This is the prompt clip.")
     q.add_argument("--text", default="Hello! This sentence checks that both backends say exactly the same thing.")

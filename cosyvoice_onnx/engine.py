@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Stages, load_stages, parse_backend
+from .backends import Stages, load_stages
+from .devices import Device
 from .duration import DurationTarget, estimate_tokens, render_frames
 from .errors import InputError
 from .frontend import Frontend, PromptFeatures
@@ -16,6 +17,7 @@ from .longtext import DEFAULT_JOIN_MS, Joiner, SynthesisInfo, synthesize_segment
 from .mixing import PromptPlan, mix_prompts, single_prompt
 from .model_files import inspect_model_dir
 from .noise import hift_noise_source
+from .plan import ExecutionPlan
 from .prompts import END_OF_PROMPT, MODES, Mode, choose_mode
 from .pronunciation import validate_tags
 from .sampling import make_sampler
@@ -30,14 +32,18 @@ Progress = Callable[[int, int], None]
 class CosyVoice:
     """A loaded model: `synthesize()` for applications, `generate_tokens/tokens_to_mel/mel_to_audio` for harnesses."""
 
-    def __init__(self, model_dir: str | Path, backend: str | dict | None = "torch", llm_variant: str = "base",
+    def __init__(self, model_dir: str | Path, backend: str | dict | ExecutionPlan | None = "torch",
+                 device: str | Device | None = "cpu", llm_variant: str = "base",
                  export_dir: str | Path | None = None):
+        """`backend`: an ExecutionPlan or its spec (plan.py: `torch`, `onnx:int8`, `lm=onnx:int8,flow=torch,...`);
+        `device` applies to the stages whose spec names none."""
+        self.plan = ExecutionPlan.parse(backend, device=device)
         self.files = inspect_model_dir(model_dir, llm_variant)
         self.cfg = self.files.config
         self.sample_rate = self.cfg.hift.sampling_rate
         self.tokenizer = TextTokenizer.from_dir(self.files.qwen_dir, self.cfg.tokenizer_version)
         self.frontend = Frontend(self.cfg, self.tokenizer, self.files.speech_tokenizer, self.files.campplus)
-        self.stages: Stages = load_stages(self.files, parse_backend(backend), export_dir)
+        self.stages: Stages = load_stages(self.files, self.plan, export_dir)
         self.token2wav = Token2Wav(self.cfg, self.stages.flow, self.stages.vocoder, self.stages.flow_noise,
                                    hift_noise_source(self.cfg))
         self.end_of_prompt_id = self.tokenizer.token_to_id(END_OF_PROMPT)

@@ -103,7 +103,8 @@ def test_per_stage_backend_choice(exported):
     model, _ = exported
     tts = CosyVoice(model, backend="lm=onnx:int8,flow=torch,vocoder=onnx")
     assert (tts.stages.lm.backend, tts.stages.flow.backend, tts.stages.vocoder.backend) == ("onnx", "torch", "onnx")
-    assert str(tts.stages.choices["lm"]) == "onnx:int8"
+    assert str(tts.plan) == "lm=onnx:int8,flow=torch,vocoder=onnx" and tts.stages.plan is tts.plan
+    assert tts.stages.lm.precision == "int8"
 
 
 def test_cli_synth_with_onnx_backend_and_parity_json(exported, prompt_wav, tmp_path):

@@ -270,7 +270,7 @@ def test_engine_cache_shares_equivalent_specs_and_drops_the_oldest(tmp_path):
     from cosyvoice_onnx.studio.state import EngineCache
 
     loads = []
-    cache = EngineCache(capacity=2, loader=lambda model, spec: loads.append(spec) or object())
+    cache = EngineCache(capacity=2, loader=lambda model, plan: loads.append(str(plan)) or object())
     first, _ = cache.get(tmp_path, "onnx:int8")
     # A global int8 choice is int8 for the LM and the flow (the vocoder has no int8 graph): the same engine as
     # this per-stage spelling, and not the same as the int8 LM with the fp32 flow.

@@ -8,22 +8,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
 from ..manifest import FLOW_NOISE_FILE, fingerprint, new_manifest, write_manifest
 from ..model_files import inspect_model_dir
 from ..onnx_backend.loader import default_export_dir
+from ..plan import parse_precisions
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def parse_precisions(text: str | list[str]) -> list[str]:
-    items = text.split(",") if isinstance(text, str) else list(text)
-    items = [p.strip() for p in items if p.strip()]
-    bad = [p for p in items if p not in PRECISIONS]
-    if bad or not items:
-        raise InputError(f"unknown precision {', '.join(bad) or '(none)'}; choose from {', '.join(PRECISIONS)}")
-    # fp32 graphs are the source of the int8 LM and the stages int8 leaves in fp32, so they always come along.
-    return ["fp32"] + [p for p in PRECISIONS[1:] if p in items]
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path | None = None, precisions: str | list[str] = "fp32",

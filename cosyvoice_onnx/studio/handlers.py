@@ -20,6 +20,7 @@ import numpy as np
 from ..config import detect_version
 from ..engine import MAX_TEXT_CHARS
 from ..errors import CosyVoiceError, InputError
+from ..plan import ExecutionPlan
 from ..prompts import preset_instruction
 from ..voices import VoiceStore, validate_name
 from .history import History
@@ -55,12 +56,11 @@ def user_errors(fn):
     return call
 
 
-def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> str:
-    """The engine's backend string from the three selectors; a per-stage spec wins when given."""
+def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> ExecutionPlan:
+    """The execution plan the three header selectors make; a per-stage spec wins when given."""
     if stages and stages.strip():
-        return stages.strip()
-    backend = (backend or "torch").strip()
-    return backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}"
+        return ExecutionPlan.parse(stages)
+    return ExecutionPlan.everywhere((backend or "torch").strip(), (precision or "fp32").strip())
 
 
 def check_text(text: str) -> str:
@@ -147,8 +147,9 @@ class Studio:
             raise InputError("the model produced no speech for this text; try another seed or text")
         return audio, info, time.perf_counter() - start
 
-    def _keep(self, audio, rate, mode: str, text: str, spec: str, seed: int, voice: str, extra: str = ""):
-        return self.history.add(audio, rate, mode=mode, text=text, backend=spec, seed=seed, voice=voice, extra=extra)
+    def _keep(self, audio, rate, mode: str, text: str, plan: ExecutionPlan, seed: int, voice: str, extra: str = ""):
+        return self.history.add(audio, rate, mode=mode, text=text, backend=str(plan), seed=seed, voice=voice,
+                                extra=extra)
 
     @staticmethod
     def _summary(mode: str, seconds: float, elapsed: float, spec: str, seed: int, voice: str, info=None,
@@ -273,7 +274,7 @@ class Studio:
            model_dir: str = "", progress=gr.Progress()):
         """The same request on two backends from the same seed, plus stage-by-stage parity figures."""
         model, text, seed = self._checked(model_dir, text, seed)
-        specs = [(backend_a or "torch").strip(), (backend_b or "torch").strip()]
+        specs = [ExecutionPlan.parse(backend_a or "torch"), ExecutionPlan.parse(backend_b or "torch")]
         progress(0, desc=f"loading {specs[0]} and {specs[1]}")
         entries = [self.cache.get(model, spec) for spec in specs]
         locks = list({id(lock): lock for _, lock in entries}.values())

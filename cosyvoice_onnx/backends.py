@@ -36,4 +36,5 @@ def load_stages(files: ModelFiles, plan: ExecutionPlan, export_dir=None) -> Stag
         onnx_stages, onnx_noise = onnx_loader.load(files, plan.on("onnx"), export_dir)
         built.update(onnx_stages)
         flow_noise = onnx_noise if flow_noise is None else flow_noise
+    flow_noise.flags.writeable = False  # shared by every request of the engine
     return Stages(built["lm"], built["flow"], built["vocoder"], flow_noise, plan)

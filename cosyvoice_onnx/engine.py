@@ -16,11 +16,11 @@ from .lm_decode import iter_speech_tokens
 from .longtext import DEFAULT_JOIN_MS, Joiner, SynthesisInfo, synthesize_segments
 from .mixing import PromptPlan, mix_prompts, single_prompt
 from .model_files import inspect_model_dir
-from .noise import hift_noise_source
+from .noise import VocoderNoise, hift_noise_source
 from .plan import ExecutionPlan
 from .prompts import END_OF_PROMPT, MODES, Mode, choose_mode
 from .pronunciation import validate_tags
-from .sampling import make_sampler
+from .request import Randomness
 from .token2wav import Token2Wav
 from .tokenizer import TextTokenizer
 from .voices import VoiceStore, model_fingerprint
@@ -89,11 +89,9 @@ class CosyVoice:
         mode = choose_mode(prompts.transcript, instruct)
         segments = self.frontend.text_segments(text)
         joiner = Joiner.create(join, join_ms, self.sample_rate)
-        token_sampler = make_sampler(sampler, seed, self.cfg.llm)
+        rng = Randomness.create(seed, sampler, self.cfg.llm, self.token2wav)
         if stream:
-            return joiner.stream(self._stream(segments, mode, prompts, instruct, token_sampler, on_progress,
-                                              decode_options, seed))
-        self.token2wav.reseed(seed)
+            return joiner.stream(self._stream(segments, mode, prompts, instruct, rng, on_progress, decode_options))
         text_tokens = [len(self.frontend.encode(s)) for s in segments]
         target = None if duration is None else DurationTarget.plan(
             duration, duration_method, text_tokens, joiner.overhead(len(segments)), self.cfg)
@@ -104,10 +102,10 @@ class CosyVoice:
 
         def decode(segment: str, exact_len: int | None) -> list[int]:
             options = decode_options if exact_len is None else {**decode_options, "exact_len": exact_len}
-            return list(self._tokens(segment, mode, prompts, instruct, token_sampler, options))
+            return list(self._tokens(segment, mode, prompts, instruct, rng.sampler, options))
 
         def render(tokens: list[int], frames: int | None) -> np.ndarray:
-            return self._whole(tokens, prompts.flow, speed, frames)
+            return self._whole(tokens, prompts.flow, speed, frames, rng.vocoder_noise)
 
         audio = synthesize_segments(segments, decode, render, joiner, info, target,
                                     lambda counts: target.frames(counts, self.cfg), on_progress)
@@ -129,19 +127,18 @@ class CosyVoice:
                              "instruction or an emotion clip")
         return mix_prompts(voice, emotion, mix, prompt_text)
 
-    def _stream(self, segments, mode, prompts: PromptPlan, instruct, token_sampler, on_progress, decode_options,
-                seed: int):
+    def _stream(self, segments, mode, prompts: PromptPlan, instruct, rng: Randomness, on_progress, decode_options):
         """One chunk generator per segment, for the joiner."""
-        self.token2wav.reseed(seed)
         for i, segment in enumerate(segments):
-            yield self._stream_segment(segment, mode, prompts, instruct, token_sampler, decode_options,
+            yield self._stream_segment(segment, mode, prompts, instruct, rng, decode_options,
                                        on_progress, (i + 1, len(segments)))
 
-    def _stream_segment(self, segment, mode, prompts: PromptPlan, instruct, token_sampler, decode_options,
+    def _stream_segment(self, segment, mode, prompts: PromptPlan, instruct, rng: Randomness, decode_options,
                         on_progress, position: tuple[int, int]):
-        token_iter = self._tokens(segment, mode, prompts, instruct, token_sampler, decode_options)
+        token_iter = self._tokens(segment, mode, prompts, instruct, rng.sampler, decode_options)
         flow = prompts.flow
-        yield from self.token2wav.stream(token_iter, flow.speech_tokens, flow.mel, flow.embedding)
+        yield from self.token2wav.stream(token_iter, flow.speech_tokens, flow.mel, flow.embedding,
+                                         noise=rng.vocoder_noise)
         if on_progress:
             on_progress(*position)
 
@@ -151,12 +148,13 @@ class CosyVoice:
         prompt_speech = prompts.lm_tokens if mode.lm_prompt_speech else np.zeros(0, dtype=np.int64)
         return self.iter_tokens(text_ids, prompt_text_ids, prompt_speech, token_sampler, **decode_options)
 
-    def _whole(self, tokens: list[int], flow: PromptFeatures, speed: float, frames: int | None = None) -> np.ndarray:
+    def _whole(self, tokens: list[int], flow: PromptFeatures, speed: float, frames: int | None,
+               noise: VocoderNoise) -> np.ndarray:
         if not tokens:
             return np.zeros(0, dtype=np.float32)
         if frames is not None:
-            return render_frames(self.token2wav, tokens, flow.speech_tokens, flow.mel, flow.embedding, frames)
-        return self.token2wav.whole(tokens, flow.speech_tokens, flow.mel, flow.embedding, speed=speed)
+            return render_frames(self.token2wav, tokens, flow.speech_tokens, flow.mel, flow.embedding, frames, noise)
+        return self.token2wav.whole(tokens, flow.speech_tokens, flow.mel, flow.embedding, speed=speed, noise=noise)
 
     # ------------------------------------------------------------------ stage level
 
@@ -184,11 +182,10 @@ class CosyVoice:
     def mel_to_audio(self, mel: np.ndarray, *, finalize: bool = True, noise: np.ndarray | None = None,
                      seed: int | None = None) -> np.ndarray:
         """Vocoder: [1,S] audio. `noise` [1,L,harmonics+1] replaces CV3's fixed uniform buffer's prefix or CV2's
-        per-call normal draw. `seed` restarts CV2's draws (the same seed gives the same noise on any backend)."""
-        if seed is not None:
-            self.token2wav.reseed(seed)
+        per-call normal draw. CV2 draws from `seed` (default 0): the same seed gives the same noise on any
+        backend."""
         if noise is None:
-            return self.token2wav.vocode(mel, finalize)
+            return self.token2wav.vocode(mel, finalize, self.token2wav.request_noise(seed or 0))
         return self.stages.vocoder.vocode(mel, finalize, noise)
 
 

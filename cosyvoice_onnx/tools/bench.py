@@ -441,7 +441,7 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
     embedding = rng.standard_normal((1, cfg.flow.spk_embed_dim), dtype=np.float32)
     targets = rng.integers(0, c.speech_token_size, work.flow_tokens)
     mel = rng.standard_normal((1, cfg.flow.mel_dim, work.vocoder_frames), dtype=np.float32) - 5.0
-    noise = token2wav.hift_noise.sine_noise(work.vocoder_frames * cfg.hift.hop_samples)
+    noise = token2wav.request_noise(work.seed).sine_noise(work.vocoder_frames * cfg.hift.hop_samples)
 
     def decode_per_token(count: int) -> float:
         """Feeds fixed tokens after a prefill (no sampling, no stop), and returns seconds per step."""
@@ -460,14 +460,14 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
         token2wav.mel(targets[:count], flow_prompt, prompt_mel, embedding, streaming=False, finalize=True)
 
     def request():
-        token2wav.reseed(work.seed)
-        audio = token2wav.whole(list(sampled_tokens()), flow_prompt, prompt_mel, embedding)
+        audio = token2wav.whole(list(sampled_tokens()), flow_prompt, prompt_mel, embedding,
+                                noise=token2wav.request_noise(work.seed))
         if len(audio) != work.flow_tokens * cfg.flow.token_mel_ratio * cfg.hift.hop_samples:
             raise RuntimeError(f"the request made {len(audio)} samples, not the {work.flow_tokens} tokens' worth")
 
     def first_chunk():
-        token2wav.reseed(work.seed)
-        chunks = token2wav.stream(sampled_tokens(), flow_prompt, prompt_mel, embedding)
+        chunks = token2wav.stream(sampled_tokens(), flow_prompt, prompt_mel, embedding,
+                                  noise=token2wav.request_noise(work.seed))
         next(chunks)
         chunks.close()
 

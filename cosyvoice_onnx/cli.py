@@ -31,12 +31,12 @@ def _cmd_make_test_clip(args) -> int:
 
 
 def _cmd_synth(args) -> int:
-    import numpy as np
-
     from .audio import write_wav
     from .config import detect_version
     from .engine import CosyVoice
     from .plan import ExecutionPlan
+    from .progress import ProgressEvent
+    from .request import SynthesisRequest
     from .prompts import preset_instruction
 
     plan = ExecutionPlan.parse(args.backend, device=getattr(args, "device", "cpu"))
@@ -48,20 +48,24 @@ def _cmd_synth(args) -> int:
     tts = CosyVoice(args.model, backend=plan, llm_variant=args.llm)
     loaded = time.perf_counter()
     controls = synth_controls(args, tts)
-    result = tts.synthesize(controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
-                            instruct=instruct, seed=args.seed, speed=args.speed, stream=args.stream,
-                            on_progress=lambda i, n: print(f"segment {i}/{n}", file=sys.stderr), **controls)
+    controls.pop("return_info", None)
+    request = SynthesisRequest(text=controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
+                               instruct=instruct, seed=args.seed, speed=args.speed, stream=args.stream, **controls)
+
+    def show(event: ProgressEvent) -> None:
+        print(event.message, file=sys.stderr)
+
     if args.stream:
-        chunks = []
-        for chunk in result:
-            if not chunks:
+        stream = tts.stream(request, on_event=show)
+        for count, chunk in enumerate(stream, 1):
+            if count == 1:
                 print(f"first audio after {time.perf_counter() - loaded:.2f} s", file=sys.stderr)
-            chunks.append(chunk)
-            print(f"chunk {len(chunks)}: {len(chunk) / tts.sample_rate:.2f} s", file=sys.stderr)
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            print(f"chunk {count}: {len(chunk) / tts.sample_rate:.2f} s", file=sys.stderr)
+        result = stream.result
     else:
-        audio, info = result
-        print(describe(info), file=sys.stderr)
+        result = tts.synthesize(request, on_event=show)
+    print(describe(result.info), file=sys.stderr)
+    audio = result.audio
     done = time.perf_counter()
     if audio.size == 0:
         raise CosyVoiceError("the model produced no speech tokens for this text; try another seed or text")

@@ -126,6 +126,10 @@ class Token2Wav:
         return token_to_mel(self.flow, tokens.reshape(1, -1), prompt_tokens.reshape(1, -1), prompt_mel, embedding,
                             self.flow_noise, streaming=streaming, finalize=finalize, cfg=self.cfg.flow)
 
+    def with_stages(self, flow: FlowStage, vocoder: VocoderStage) -> Token2Wav:
+        """The same noise over other stage objects (e.g. a request's timed views of these)."""
+        return Token2Wav(self.cfg, flow, vocoder, self.flow_noise, self.hift_noise)
+
     def request_noise(self, seed: int) -> VocoderNoise:
         """The vocoder noise of one request: CV3's shared fixed buffer, or CV2's normal draws from `seed`."""
         return self.hift_noise.for_request(seed)

@@ -14,6 +14,7 @@ from cosyvoice_onnx.errors import ExportError
 
 TRANSCRIPT = "hello there this is a test"
 TEXT = "Hello world, this is a tiny test."
+EXPORT_EVENTS = []
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +25,7 @@ def exported(tmp_path_factory, tiny_model_dir):
     model = tmp_path_factory.mktemp("onnx") / "tiny"
     shutil.copytree(tiny_model_dir, model)
     messages = []
-    export_model(model, precisions="fp32,int8", progress=messages.append)
+    export_model(model, precisions="fp32,int8", progress=messages.append, on_event=EXPORT_EVENTS.append)
     return model, messages
 
 
@@ -39,6 +40,12 @@ def test_export_writes_every_stage_and_a_manifest(exported):
     assert any(".int8." in n for n in manifest["precisions"]["int8"]["lm"])
     assert manifest["sources"]["llm"]["sha256"] and manifest["sources"]["flow"]["bytes"] > 0
     assert any("[lm] exporting" in m for m in messages) and any("[parity]" in m for m in messages)
+
+
+def test_export_reports_progress_as_events(exported):
+    steps = 3 * 2 + 2  # three stages at two precisions, then one parity run per precision
+    assert [(e.stage, e.done, e.total) for e in EXPORT_EVENTS] == [("export", i, steps) for i in range(steps + 1)]
+    assert EXPORT_EVENTS[0].message == "[lm] exporting fp32" and EXPORT_EVENTS[-1].fraction == 1.0
 
 
 def test_fp32_parity_recorded_at_export_meets_the_targets(exported):

@@ -12,13 +12,18 @@ from ..manifest import FLOW_NOISE_FILE, fingerprint, new_manifest, write_manifes
 from ..model_files import inspect_model_dir
 from ..onnx_backend.loader import default_export_dir
 from ..plan import parse_precisions
+from ..progress import OnEvent, ProgressEvent
 
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path | None = None, precisions: str | list[str] = "fp32",
                  llm_variant: str = "base", parity: bool = True,
-                 progress: Callable[[str], None] = print) -> Path:
-    """Writes the ONNX graphs for the requested precisions into out_dir (default: <model>/onnx)."""
+                 progress: Callable[[str], None] = print, on_event: OnEvent | None = None) -> Path:
+    """Writes the ONNX graphs for the requested precisions into out_dir (default: <model>/onnx).
+
+    `progress` gets every log line; `on_event` a ProgressEvent("export", done, total) as each step starts
+    (a step: one stage at one precision, or one parity run) and when all are done.
+    """
     import torch
 
     from .. import __version__
@@ -35,6 +40,15 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
     progress(f"exporting {files.root} (CosyVoice{cfg.version}) to {out} at {', '.join(wanted)}")
     manifest = new_manifest(files, __version__)
     exporters = {"lm": export_lm, "flow": export_flow, "vocoder": export_hift}
+    steps = len(exporters) * len(wanted) + (len(wanted) if parity else 0)
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        progress(message)
+        if on_event is not None:
+            on_event(ProgressEvent("export", done, steps, message))
+        done += 1
     torch.set_grad_enabled(False)
     for stage, export in exporters.items():
         start = time.perf_counter()
@@ -42,7 +56,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
         module = load_module(files, stage)
         fp32_paths = None
         for precision in wanted:
-            progress(f"[{stage}] exporting {precision}")
+            step(f"[{stage}] exporting {precision}")
             # fp16/int8 graphs are derived from the fp32 ones just written (fp32 always comes first).
             paths = export(module, cfg, out, precision=precision, fp32_paths=fp32_paths)
             if precision == "fp32":
@@ -63,11 +77,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
         from ..tools.parity import quick_parity
 
         for precision in wanted:
-            progress(f"[parity] measuring {precision} against PyTorch")
+            step(f"[parity] measuring {precision} against PyTorch")
             manifest["parity"][precision] = quick_parity(files.root, out, precision, llm_variant=llm_variant)
             write_manifest(out, manifest)
             progress("[parity] " + summarize(manifest["parity"][precision]))
     progress(f"export written to {out}")
+    if on_event is not None:
+        on_event(ProgressEvent("export", steps, steps, f"export written to {out}"))
     return out
 
 

@@ -110,8 +110,10 @@ def test_a_segment_without_speech_tokens_is_skipped_streamed_as_whole(tiny_engin
     text = "First sentence here. Second one."
     whole, info = tiny_engine.synthesize(text, voice=voice, seed=1, max_len=0, join=join, return_info=True)
     assert whole.size == 0 and info.tokens and not any(info.tokens)
-    chunks = list(tiny_engine.synthesize(text, voice=voice, seed=1, max_len=0, join=join, stream=True))
-    assert sum(len(c) for c in chunks) == 0
+    stream = tiny_engine.synthesize(text, voice=voice, seed=1, max_len=0, join=join, stream=True)
+    assert sum(len(c) for c in stream) == 0
+    # Both paths report the skipped sentence the same way: no tokens, no samples.
+    assert stream.result.info.tokens == info.tokens and stream.result.info.segment_samples == info.segment_samples
 
 
 def test_speed_changes_length_by_mel_interpolation(tiny_engine, prompt_wav):

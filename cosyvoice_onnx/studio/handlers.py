@@ -18,7 +18,7 @@ import gradio as gr
 import numpy as np
 
 from ..config import detect_version
-from ..request import MAX_TEXT_CHARS, SynthesisRequest, SynthesisResult, check_text
+from ..request import SynthesisRequest, SynthesisResult, check_text
 from ..errors import CosyVoiceError, InputError
 from ..plan import ExecutionPlan
 from ..prompts import preset_instruction

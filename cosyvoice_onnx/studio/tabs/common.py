@@ -10,7 +10,8 @@ from ...plan import BACKENDS as PLAN_BACKENDS
 from ...plan import EXPORT_PRECISIONS, PRECISIONS as PLAN_PRECISIONS
 from ...plan import ExecutionPlan
 from ...prompts import INSTRUCT_PRESETS
-from ..handlers import MAX_SEED, MAX_TEXT_CHARS, Studio, random_seed
+from ...request import MAX_TEXT_CHARS
+from ..handlers import MAX_SEED, Studio, random_seed
 from ..models_admin import known_models
 from ..text_tools import TAG_BUTTONS, apply_pinyin, insert_tag_js, polyphone_choices, reading_choices
 

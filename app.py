@@ -36,12 +36,12 @@ def parse_auth(text: str | None) -> tuple[str, str] | None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     auth = parse_auth(args.auth)
-    from cosyvoice_onnx.backends import parse_backend
+    from cosyvoice_onnx.plan import ExecutionPlan
     from cosyvoice_onnx.errors import CosyVoiceError
     from cosyvoice_onnx.studio import Studio, StudioSettings, build_app, launch_options
 
     try:
-        parse_backend(args.backend)
+        ExecutionPlan.parse(args.backend)
     except CosyVoiceError as exc:
         raise SystemExit(f"error: --backend: {exc}") from exc
     if args.model is not None and not args.model.is_dir():

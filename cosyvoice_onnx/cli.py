@@ -13,6 +13,7 @@ from pathlib import Path
 from .cli_args import check_output_dir, float_range, int_range, output_dir, output_file, seed
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError, InputError
+from .plan import EXPORT_PRECISIONS, SYNTAX as PLAN_SYNTAX
 
 
 MAX_PARITY_TOKENS = 5000  # a parity run decodes at most this many LM steps per backend
@@ -36,35 +37,41 @@ def _cmd_make_test_clip(args) -> int:
 
 
 def _cmd_synth(args) -> int:
-    import numpy as np
-
     from .audio import write_wav
     from .releases import detect_version
     from .engine import CosyVoice
+    from .plan import ExecutionPlan
+    from .progress import ProgressEvent
+    from .request import SynthesisRequest
     from .prompts import preset_instruction
 
+    plan = ExecutionPlan.parse(args.backend, device=getattr(args, "device", "cpu"))
     instruct = args.instruct
     if args.instruct_preset:
         # Presets differ per release; checked before the weights load so a typo fails fast.
         instruct = preset_instruction(args.instruct_preset, detect_version(args.model))
     start = time.perf_counter()
-    tts = CosyVoice(args.model, backend=args.backend, llm_variant=args.llm)
+    tts = CosyVoice(args.model, backend=plan, llm_variant=args.llm)
     loaded = time.perf_counter()
     controls = synth_controls(args, tts)
-    result = tts.synthesize(controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
-                            instruct=instruct, seed=args.seed, speed=args.speed, stream=args.stream,
-                            on_progress=lambda i, n: print(f"segment {i}/{n}", file=sys.stderr), **controls)
+    controls.pop("return_info", None)
+    request = SynthesisRequest(text=controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
+                               instruct=instruct, seed=args.seed, speed=args.speed, stream=args.stream, **controls)
+
+    def show(event: ProgressEvent) -> None:
+        print(event.message, file=sys.stderr)
+
     if args.stream:
-        chunks = []
-        for chunk in result:
-            if not chunks:
+        stream = tts.stream(request, on_event=show)
+        for count, chunk in enumerate(stream, 1):
+            if count == 1:
                 print(f"first audio after {time.perf_counter() - loaded:.2f} s", file=sys.stderr)
-            chunks.append(chunk)
-            print(f"chunk {len(chunks)}: {len(chunk) / tts.sample_rate:.2f} s", file=sys.stderr)
-        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+            print(f"chunk {count}: {len(chunk) / tts.sample_rate:.2f} s", file=sys.stderr)
+        result = stream.result
     else:
-        audio, info = result
-        print(describe(info), file=sys.stderr)
+        result = tts.synthesize(request, on_event=show)
+    print(describe(result.info), file=sys.stderr)
+    audio = result.audio
     done = time.perf_counter()
     if audio.size == 0:
         raise CosyVoiceError("the model produced no speech tokens for this text; try another seed or text")
@@ -130,7 +137,7 @@ def _cmd_parity(args) -> int:
 
     report = run_parity(args.model, args.export_dir, precision=args.precision, prompt_wav=args.prompt_wav,
                         prompt_text=args.prompt_text, text=args.text, seed=args.seed, max_tokens=args.max_tokens,
-                        llm_variant=args.llm)
+                        llm_variant=args.llm, device=getattr(args, "device", "cpu"))
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -168,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--speed", type=float_range(0.5, 2.0), default=1.0, help="0.5 .. 2 (non-streaming)")
     s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
-    s.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
+    s.add_argument("--backend", default="torch", help=PLAN_SYNTAX)
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
     s.add_argument("--out", required=True, type=output_file)
     add_synth_controls(s)
@@ -195,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("parity", help="compare PyTorch and ONNX stage by stage from the same seed")
     q.add_argument("--model", required=True, type=Path)
     q.add_argument("--export-dir", type=Path, default=None, help="default: MODEL/onnx")
-    q.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    q.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS)
     q.add_argument("--prompt-wav", type=Path, default=None, help="default: a synthetic voice-like clip")
     q.add_argument("--prompt-text", default="This is the prompt clip.")
     q.add_argument("--text", default="Hello! This sentence checks that both backends say exactly the same thing.")

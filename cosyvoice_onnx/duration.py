@@ -107,11 +107,12 @@ def fit_frames(mel: np.ndarray, frames: int) -> np.ndarray:
 
 
 def render_frames(token2wav: Token2Wav, tokens: Sequence[int], prompt_tokens: np.ndarray, prompt_mel: np.ndarray,
-                  embedding: np.ndarray, frames: int) -> np.ndarray:
-    """Non-streaming flow + vocoder with the mel fitted to `frames` frames: exactly frames * hop samples."""
+                  embedding: np.ndarray, frames: int, noise=None) -> np.ndarray:
+    """Non-streaming flow + vocoder with the mel fitted to `frames` frames: exactly frames * hop samples.
+    `noise`: the request's vocoder noise (Token2Wav.request_noise)."""
     mel = token2wav.mel(np.asarray(tokens, dtype=np.int64), prompt_tokens, prompt_mel, embedding,
                         streaming=False, finalize=True)
-    return token2wav.vocode(fit_frames(mel, frames), finalize=True)[0]
+    return token2wav.vocode(fit_frames(mel, frames), finalize=True, noise=noise)[0]
 
 
 def fit_samples(audio: np.ndarray, samples: int) -> np.ndarray:

@@ -2,45 +2,57 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 
-from .backends import Stages, load_stages, parse_backend
+from .backends import Stages, load_stages
+from .devices import Device
 from .duration import DurationTarget, estimate_tokens, render_frames
 from .errors import InputError
 from .frontend import Frontend, PromptFeatures
 from .lm_decode import iter_speech_tokens
-from .longtext import DEFAULT_JOIN_MS, Joiner, SynthesisInfo, synthesize_segments
+from .longtext import Joiner, SynthesisInfo, synthesize_segments
 from .mixing import PromptPlan, mix_prompts, single_prompt
 from .model_files import inspect_model_dir
 from .noise import hift_noise_source
+from .plan import ExecutionPlan
 from .prompts import END_OF_PROMPT, MODES, Mode, choose_mode
 from .pronunciation import validate_tags
-from .sampling import make_sampler
+from .progress import OnEvent, ProgressEvent
+from .request import (DEFAULT_MAX_SECONDS, MAX_TEXT_CHARS, Randomness, RequestClock, SynthesisRequest,
+                      SynthesisResult, SynthesisStream)
 from .token2wav import Token2Wav
 from .tokenizer import TextTokenizer
 from .voices import VoiceStore, model_fingerprint
 
-MAX_TEXT_CHARS = 5000
 Progress = Callable[[int, int], None]
+# SynthesisRequest fields the keyword shorthand takes by name; every other keyword is a decode option.
+REQUEST_KEYWORDS = ("seed", "speed", "stream", "sampler", "duration", "duration_method", "emotion", "mix", "join",
+                    "join_ms", "check_tags", "max_seconds")
 
 
 class CosyVoice:
     """A loaded model: `synthesize()` for applications, `generate_tokens/tokens_to_mel/mel_to_audio` for harnesses."""
 
-    def __init__(self, model_dir: str | Path, backend: str | dict | None = "torch", llm_variant: str = "base",
+    def __init__(self, model_dir: str | Path, backend: str | dict | ExecutionPlan | None = "torch",
+                 device: str | Device | None = "cpu", llm_variant: str = "base",
                  export_dir: str | Path | None = None):
+        """`backend`: an ExecutionPlan or its spec (plan.py: `torch`, `onnx:int8`, `lm=onnx:int8,flow=torch,...`);
+        `device` applies to the stages whose spec names none."""
+        self.plan = ExecutionPlan.parse(backend, device=device)
         self.files = inspect_model_dir(model_dir, llm_variant)
         self.cfg = self.files.config
         self.sample_rate = self.cfg.hift.sampling_rate
         self.tokenizer = TextTokenizer.from_dir(self.files.qwen_dir, self.cfg.tokenizer_version)
         self.frontend = Frontend(self.cfg, self.tokenizer, self.files.speech_tokenizer, self.files.campplus)
-        self.stages: Stages = load_stages(self.files, parse_backend(backend), export_dir)
+        self.stages: Stages = load_stages(self.files, self.plan, export_dir)
         self.token2wav = Token2Wav(self.cfg, self.stages.flow, self.stages.vocoder, self.stages.flow_noise,
                                    hift_noise_source(self.cfg))
         self.end_of_prompt_id = self.tokenizer.token_to_id(END_OF_PROMPT)
+        self.max_seconds = DEFAULT_MAX_SECONDS  # a request's time limit unless it sets max_seconds
 
     # ------------------------------------------------------------------ high level
 
@@ -51,114 +63,127 @@ class CosyVoice:
         """Saved voices under `root`, flagged when saved with another model's speaker/speech-tokenizer files."""
         return VoiceStore(root, model_fingerprint(self.files.campplus, self.files.speech_tokenizer))
 
-    def synthesize(self, text: str, prompt_wav=None, prompt_text: str | None = None, instruct: str | None = None, *,
-                   voice: PromptFeatures | None = None, seed: int = 0, speed: float = 1.0, stream: bool = False,
-                   sampler: str = "auto", on_progress: Progress | None = None, duration: float | None = None,
-                   duration_method: str = "tokens", timbre: PromptFeatures | None = None,
-                   emotion: PromptFeatures | None = None, mix: float = 1.0, join: str = "none",
-                   join_ms: float = DEFAULT_JOIN_MS, check_tags: bool = False, return_info: bool = False,
-                   **decode_options):
-        """Text in the prompt's voice as 24 kHz float32 audio, or a generator of chunks when `stream`.
+    def synthesize(self, text: SynthesisRequest | str | None = None, prompt_wav=None,
+                   prompt_text: str | None = None, instruct: str | None = None, *,
+                   voice: PromptFeatures | None = None, timbre: PromptFeatures | None = None,
+                   on_event: OnEvent | None = None, on_progress: Progress | None = None, return_info: bool = False,
+                   **controls):
+        """A SynthesisRequest -> SynthesisResult (use `stream(request)` for a streaming one).
 
-        Mode: `instruct` given -> instruct; a transcript (prompt_text or the voice's) -> zero-shot;
-        neither -> cross-lingual. `decode_options` go to the LM loop (e.g. eos_mask_mode).
-        duration: exact length in seconds (see duration.py; `duration_method` "tokens" or "stretch").
-        timbre/emotion/mix: the flow prompt from `timbre` (alias of `voice`), the LM prompt spliced from
-        timbre and `emotion` clips by `mix` (see mixing.py). join/join_ms: how sentences meet (longtext.py).
-        check_tags: refuse unknown [tags]. return_info: return (audio, SynthesisInfo).
+        Shorthand: `synthesize(text, prompt_wav=..., prompt_text=..., instruct=..., voice=..., seed=..., ...)`
+        with every SynthesisRequest field as a keyword (`timbre` is an alias of `voice`; any other keyword is a
+        decode option such as eos_mask_mode) returns the audio, `(audio, SynthesisInfo)` with return_info, or
+        the chunks when stream=True. `on_progress(done, total)` is called per sentence.
         """
-        if len(text or "") > MAX_TEXT_CHARS:
-            raise InputError(f"text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}. Split it into parts.")
-        if stream and speed != 1.0:
-            raise InputError("speed change works only without streaming (as in the official model)")
-        if not 0.5 <= speed <= 2.0:
-            raise InputError(f"speed {speed} is outside 0.5 .. 2.0")
-        if stream and (duration is not None or return_info):
-            raise InputError("duration control and return_info work only without streaming")
-        if duration is not None and speed != 1.0:
-            raise InputError("give either a duration or a speed, not both")
-        if check_tags:
-            validate_tags(text, self.tokenizer)
-        prompts = self._prompt_plan(prompt_wav, prompt_text, voice, timbre, emotion, mix, instruct)
-        mode = choose_mode(prompts.transcript, instruct)
-        segments = self.frontend.text_segments(text)
-        joiner = Joiner.create(join, join_ms, self.sample_rate)
-        token_sampler = make_sampler(sampler, seed, self.cfg.llm)
-        if stream:
-            return joiner.stream(self._stream(segments, mode, prompts, instruct, token_sampler, on_progress,
-                                              decode_options, seed))
-        self.token2wav.reseed(seed)
-        text_tokens = [len(self.frontend.encode(s)) for s in segments]
-        target = None if duration is None else DurationTarget.plan(
-            duration, duration_method, text_tokens, joiner.overhead(len(segments)), self.cfg)
-        info = SynthesisInfo(mode.name, segments,
-                             estimated_seconds=estimate_tokens(text_tokens) / self.cfg.features.token_frame_rate,
-                             target_seconds=duration, duration_method=duration_method if target else None,
-                             join=join, join_samples=joiner.samples, emotion_mix=None if emotion is None else mix)
-
-        def decode(segment: str, exact_len: int | None) -> list[int]:
-            options = decode_options if exact_len is None else {**decode_options, "exact_len": exact_len}
-            return list(self._tokens(segment, mode, prompts, instruct, token_sampler, options))
-
-        def render(tokens: list[int], frames: int | None) -> np.ndarray:
-            return self._whole(tokens, prompts.flow, speed, frames)
-
-        audio = synthesize_segments(segments, decode, render, joiner, info, target,
-                                    lambda counts: target.frames(counts, self.cfg), on_progress)
-        info.seconds = len(audio) / self.sample_rate
-        return (audio, info) if return_info else audio
-
-    def _prompt_plan(self, prompt_wav, prompt_text, voice, timbre, emotion, mix, instruct) -> PromptPlan:
+        on_event = _with_progress(on_event, on_progress)
+        if isinstance(text, SynthesisRequest):
+            request = text
+            if prompt_wav is not None or prompt_text is not None or instruct is not None or voice is not None \
+                    or timbre is not None or return_info or controls:
+                raise InputError("give either a SynthesisRequest or the text with keyword arguments, not both")
+            if request.stream:
+                raise InputError("this request streams: call tts.stream(request)")
+            return self._run_whole(request, on_event)
         if voice is not None and timbre is not None:
             raise InputError("give the voice either as voice= or as timbre=, not both")
-        voice = voice if timbre is None else timbre
+        fields = {name: controls.pop(name) for name in REQUEST_KEYWORDS if name in controls}
+        request = SynthesisRequest(text=text, prompt_wav=prompt_wav, prompt_text=prompt_text, instruct=instruct,
+                                   voice=voice if timbre is None else timbre, decode_options=controls, **fields)
+        if request.stream:
+            if return_info:
+                raise InputError("return_info works only without streaming")
+            return self.stream(request, on_event=on_event)
+        result = self._run_whole(request, on_event)
+        return (result.audio, result.info) if return_info else result.audio
+
+    def stream(self, request: SynthesisRequest, on_event: OnEvent | None = None) -> SynthesisStream:
+        """Audio chunks as they are made; the stream's `result` is there after the last chunk."""
+        if not request.stream:
+            request = dataclasses.replace(request, stream=True)  # re-validated: no speed or duration in a stream
+        job = self._start(request, on_event)
+        segment_chunks = (self._stream_segment(job, i, segment) for i, segment in enumerate(job.segments))
+
+        def finish(chunks: list[np.ndarray]) -> SynthesisResult:
+            audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+            return job.result(audio)
+
+        return SynthesisStream(job.joiner.stream(segment_chunks), finish)
+
+    def _start(self, request: SynthesisRequest, on_event: OnEvent | None) -> _Job:
+        """What every request does first: its clock, randomness, prompt, mode, sentences and stage views."""
+        clock = RequestClock(request.max_seconds or self.max_seconds, on_event)
+        if request.check_tags:
+            validate_tags(request.text, self.tokenizer)
+        segments = self.frontend.text_segments(request.text)
+        joiner = Joiner.create(request.join, request.join_ms, self.sample_rate)
+        rng = Randomness.create(request.seed, request.sampler, self.cfg.llm, self.token2wav)
+        prompts = clock.timed("prompt", self)._prompt_plan(request)
+        mode = choose_mode(prompts.transcript, request.instruct)
+        text_tokens = [len(self.frontend.encode(s)) for s in segments]
+        info = SynthesisInfo(mode.name, segments,
+                             estimated_seconds=estimate_tokens(text_tokens) / self.cfg.features.token_frame_rate,
+                             target_seconds=request.duration,
+                             duration_method=request.duration_method if request.duration is not None else None,
+                             join=request.join, join_samples=joiner.samples,
+                             emotion_mix=None if request.emotion is None else request.mix)
+        token2wav = self.token2wav.with_stages(clock.timed("flow", self.stages.flow),
+                                               clock.timed("vocoder", self.stages.vocoder))
+        return _Job(self, request, clock, rng, prompts, mode, segments, text_tokens, joiner, info,
+                    clock.timed("lm", self.stages.lm), token2wav)
+
+    def _run_whole(self, request: SynthesisRequest, on_event: OnEvent | None) -> SynthesisResult:
+        job = self._start(request, on_event)
+        target = None if request.duration is None else DurationTarget.plan(
+            request.duration, request.duration_method, job.text_tokens, job.joiner.overhead(len(job.segments)),
+            self.cfg)
+
+        def decode(segment: str, exact_len: int | None) -> list[int]:
+            return list(job.tokens(segment, exact_len))
+
+        def render(tokens: list[int], frames: int | None) -> np.ndarray:
+            return job.whole(tokens, frames)
+
+        audio = synthesize_segments(job.segments, decode, render, job.joiner, job.info, target,
+                                    lambda counts: target.frames(counts, self.cfg), job.segment_done)
+        return job.result(audio)
+
+    def _prompt_plan(self, request: SynthesisRequest) -> PromptPlan:
+        voice = request.voice
         if voice is None:
-            if prompt_wav is None:
-                raise InputError("a prompt clip (3–10 s of the voice to clone) or a saved voice is required")
-            voice = self.prompt_from_audio(prompt_wav, prompt_text or "")
-        if emotion is None:
-            return single_prompt(voice, prompt_text)
-        if instruct:
-            raise InputError("instruct mode has no LM speech prompt to carry an emotion clip; use either an "
-                             "instruction or an emotion clip")
-        return mix_prompts(voice, emotion, mix, prompt_text)
+            voice = self.prompt_from_audio(request.prompt_wav, request.prompt_text or "")
+        if request.emotion is None:
+            return single_prompt(voice, request.prompt_text)
+        return mix_prompts(voice, request.emotion, request.mix, request.prompt_text)
 
-    def _stream(self, segments, mode, prompts: PromptPlan, instruct, token_sampler, on_progress, decode_options,
-                seed: int):
-        """One chunk generator per segment, for the joiner."""
-        self.token2wav.reseed(seed)
-        for i, segment in enumerate(segments):
-            yield self._stream_segment(segment, mode, prompts, instruct, token_sampler, decode_options,
-                                       on_progress, (i + 1, len(segments)))
+    def _stream_segment(self, job: _Job, index: int, segment: str) -> Iterator[np.ndarray]:
+        """One sentence's chunks; its token and sample counts go into the request's info as in the whole path."""
+        tokens = 0
+        samples = 0
 
-    def _stream_segment(self, segment, mode, prompts: PromptPlan, instruct, token_sampler, decode_options,
-                        on_progress, position: tuple[int, int]):
-        token_iter = self._tokens(segment, mode, prompts, instruct, token_sampler, decode_options)
-        flow = prompts.flow
-        yield from self.token2wav.stream(token_iter, flow.speech_tokens, flow.mel, flow.embedding)
-        if on_progress:
-            on_progress(*position)
+        def counted(token_iter):
+            nonlocal tokens
+            for token in token_iter:
+                tokens += 1
+                yield token
 
-    def _tokens(self, segment: str, mode: Mode, prompts: PromptPlan, instruct, token_sampler,
-                decode_options) -> Iterator[int]:
-        text_ids, prompt_text_ids = self.frontend.lm_inputs(mode, segment, prompts.transcript, instruct)
-        prompt_speech = prompts.lm_tokens if mode.lm_prompt_speech else np.zeros(0, dtype=np.int64)
-        return self.iter_tokens(text_ids, prompt_text_ids, prompt_speech, token_sampler, **decode_options)
-
-    def _whole(self, tokens: list[int], flow: PromptFeatures, speed: float, frames: int | None = None) -> np.ndarray:
-        if not tokens:
-            return np.zeros(0, dtype=np.float32)
-        if frames is not None:
-            return render_frames(self.token2wav, tokens, flow.speech_tokens, flow.mel, flow.embedding, frames)
-        return self.token2wav.whole(tokens, flow.speech_tokens, flow.mel, flow.embedding, speed=speed)
+        flow = job.prompts.flow
+        for chunk in job.token2wav.stream(counted(job.tokens(segment, None)), flow.speech_tokens, flow.mel,
+                                          flow.embedding, noise=job.rng.vocoder_noise):
+            samples += len(chunk)
+            yield chunk
+        job.info.tokens.append(tokens)
+        job.info.segment_samples.append(samples)
+        job.segment_done(index + 1, len(job.segments))
 
     # ------------------------------------------------------------------ stage level
 
-    def iter_tokens(self, text_ids, prompt_text_ids, prompt_speech_ids, sampler, **options) -> Iterator[int]:
-        """LM decoding from token ids with any sampler (see `sampling.make_sampler`)."""
+    def iter_tokens(self, text_ids, prompt_text_ids, prompt_speech_ids, sampler, *, lm=None,
+                    **options) -> Iterator[int]:
+        """LM decoding from token ids with any sampler (see `sampling.make_sampler`); `lm`: the stage to run
+        (default the engine's)."""
         if self.cfg.requires_endofprompt:
             options.setdefault("require_token", self.end_of_prompt_id)
-        return iter_speech_tokens(self.stages.lm, np.asarray(text_ids, dtype=np.int64),
+        return iter_speech_tokens(lm or self.stages.lm, np.asarray(text_ids, dtype=np.int64),
                                   np.asarray(prompt_text_ids, dtype=np.int64),
                                   np.asarray(prompt_speech_ids, dtype=np.int64), self.cfg.llm, sampler, **options)
 
@@ -178,12 +203,65 @@ class CosyVoice:
     def mel_to_audio(self, mel: np.ndarray, *, finalize: bool = True, noise: np.ndarray | None = None,
                      seed: int | None = None) -> np.ndarray:
         """Vocoder: [1,S] audio. `noise` [1,L,harmonics+1] replaces CV3's fixed uniform buffer's prefix or CV2's
-        per-call normal draw. `seed` restarts CV2's draws (the same seed gives the same noise on any backend)."""
-        if seed is not None:
-            self.token2wav.reseed(seed)
+        per-call normal draw. CV2 draws from `seed` (default 0): the same seed gives the same noise on any
+        backend."""
         if noise is None:
-            return self.token2wav.vocode(mel, finalize)
+            return self.token2wav.vocode(mel, finalize, self.token2wav.request_noise(seed or 0))
         return self.stages.vocoder.vocode(mel, finalize, noise)
 
 
-__all__ = ["CosyVoice", "MODES"]
+class _Job:
+    """One request in flight: its inputs, clock, randomness, prompt and the timed stage views it runs on."""
+
+    def __init__(self, engine: CosyVoice, request: SynthesisRequest, clock: RequestClock, rng: Randomness,
+                 prompts: PromptPlan, mode: Mode, segments: list[str], text_tokens: list[int], joiner: Joiner,
+                 info: SynthesisInfo, lm, token2wav: Token2Wav):
+        self.engine, self.request, self.clock, self.rng = engine, request, clock, rng
+        self.prompts, self.mode, self.segments, self.text_tokens = prompts, mode, segments, text_tokens
+        self.joiner, self.info, self.lm, self.token2wav = joiner, info, lm, token2wav
+
+    def tokens(self, segment: str, exact_len: int | None) -> Iterator[int]:
+        options = dict(self.request.decode_options)
+        if exact_len is not None:
+            options["exact_len"] = exact_len
+        text_ids, prompt_text_ids = self.engine.frontend.lm_inputs(self.mode, segment, self.prompts.transcript,
+                                                                   self.request.instruct)
+        prompt_speech = self.prompts.lm_tokens if self.mode.lm_prompt_speech else np.zeros(0, dtype=np.int64)
+        return self.engine.iter_tokens(text_ids, prompt_text_ids, prompt_speech, self.rng.sampler, lm=self.lm,
+                                       **options)
+
+    def whole(self, tokens: list[int], frames: int | None) -> np.ndarray:
+        """A sentence's audio without streaming; no tokens (the LM stopped at once) make no audio."""
+        if not tokens:
+            return np.zeros(0, dtype=np.float32)
+        flow, noise = self.prompts.flow, self.rng.vocoder_noise
+        if frames is not None:
+            return render_frames(self.token2wav, tokens, flow.speech_tokens, flow.mel, flow.embedding, frames, noise)
+        return self.token2wav.whole(tokens, flow.speech_tokens, flow.mel, flow.embedding, speed=self.request.speed,
+                                    noise=noise)
+
+    def segment_done(self, done: int, total: int) -> None:
+        self.clock.emit(ProgressEvent("segment", done, total, f"sentence {done} of {total}"))
+
+    def result(self, audio: np.ndarray) -> SynthesisResult:
+        self.info.samples = len(audio)
+        self.info.seconds = len(audio) / self.engine.sample_rate
+        timings = {**self.clock.timings, "total": self.clock.elapsed()}
+        return SynthesisResult(audio, self.engine.sample_rate, self.mode.name, self.rng.sampler_kind,
+                               str(self.engine.plan), self.rng.seed, self.info, timings, list(self.clock.events))
+
+
+def _with_progress(on_event: OnEvent | None, on_progress: Progress | None) -> OnEvent | None:
+    """An on_event that also calls the older on_progress(done, total) per sentence."""
+    if on_progress is None:
+        return on_event
+
+    def both(event: ProgressEvent) -> None:
+        if event.stage == "segment":
+            on_progress(event.done, event.total)
+        if on_event is not None:
+            on_event(event)
+    return both
+
+
+__all__ = ["CosyVoice", "MODES", "MAX_TEXT_CHARS", "SynthesisRequest", "SynthesisResult"]

@@ -15,3 +15,7 @@ class InputError(CosyVoiceError):
 
 class ExportError(CosyVoiceError):
     """An ONNX export is missing, corrupt, or stale for the model it is used with."""
+
+
+class RequestTimeout(CosyVoiceError):
+    """A synthesis request ran past its time limit (`max_seconds`)."""

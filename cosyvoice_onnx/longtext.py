@@ -23,6 +23,13 @@ def raised_cosine_fade(length: int) -> tuple[np.ndarray, np.ndarray]:
     return (np.float32(1.0) - fade_in).astype(np.float32), fade_in
 
 
+def check_join(method: str, join_ms: float) -> None:
+    if method not in JOIN_METHODS:
+        raise InputError(f"unknown join {method!r}; choose one of {', '.join(JOIN_METHODS)}")
+    if not 0 <= join_ms <= MAX_JOIN_MS:
+        raise InputError(f"join_ms {join_ms} is outside 0 .. {MAX_JOIN_MS:.0f}")
+
+
 @dataclass(frozen=True)
 class Joiner:
     """How consecutive segments meet: `samples` is the cross-fade overlap or the silence length."""
@@ -32,10 +39,7 @@ class Joiner:
 
     @classmethod
     def create(cls, method: str, join_ms: float, sample_rate: int) -> "Joiner":
-        if method not in JOIN_METHODS:
-            raise InputError(f"unknown join {method!r}; choose one of {', '.join(JOIN_METHODS)}")
-        if not 0 <= join_ms <= MAX_JOIN_MS:
-            raise InputError(f"join_ms {join_ms} is outside 0 .. {MAX_JOIN_MS:.0f}")
+        check_join(method, join_ms)
         samples = 0 if method == "none" else round(join_ms * sample_rate / 1000)
         return cls(method, samples)
 

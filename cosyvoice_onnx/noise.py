@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from .config import HiFTConfig, ModelConfig
@@ -102,7 +104,11 @@ def construction_draws(cfg: ModelConfig) -> list[tuple[str, int]]:
 
 
 class HiftNoise:
-    """The CosyVoice3 HiFT's fixed `sine_waves` buffer, produced lazily and bit-identical to the official one."""
+    """The CosyVoice3 HiFT's fixed `sine_waves` buffer, produced lazily and bit-identical to the official one.
+
+    One object serves every request of an engine: the rows handed out are read-only, and growing the buffer
+    (under a lock) appends rows without changing the ones already drawn.
+    """
 
     def __init__(self, cfg: ModelConfig):
         draws = construction_draws(cfg)
@@ -114,6 +120,7 @@ class HiftNoise:
         self._generator = torch_seeded_mt19937(0)
         skip_draws(self._generator, sum(count for _, count in draws[:buffer_index]))
         self._rows = np.empty((0, self.width), dtype=np.float32)
+        self._grow_lock = threading.Lock()
 
     def sine_noise(self, num_samples: int) -> np.ndarray:
         """The buffer's first `num_samples` rows as a read-only [1, num_samples, harmonics+1] float32 array."""
@@ -125,17 +132,21 @@ class HiftNoise:
                 f"({self.max_samples / self.sampling_rate:g} s); {num_samples} were requested. "
                 "Synthesize shorter pieces of text."
             )
-        missing = num_samples - len(self._rows)
-        if missing > 0:
-            # Grow geometrically so that streaming, which asks for a little more each call, stays linear.
-            grow = min(max(missing, len(self._rows)), self.max_samples - len(self._rows))
-            fresh = uniform_float32(self._generator, grow * self.width).reshape(grow, self.width)
-            self._rows = np.concatenate([self._rows, fresh])
-            self._rows.flags.writeable = False
+        if num_samples > len(self._rows):
+            with self._grow_lock:
+                missing = num_samples - len(self._rows)
+                if missing > 0:
+                    # Grow geometrically so that streaming, which asks for a little more each call, stays linear.
+                    grow = min(max(missing, len(self._rows)), self.max_samples - len(self._rows))
+                    fresh = uniform_float32(self._generator, grow * self.width).reshape(grow, self.width)
+                    rows = np.concatenate([self._rows, fresh])
+                    rows.flags.writeable = False
+                    self._rows = rows
         return self._rows[None, :num_samples]
 
-    def reseed(self, seed: int) -> None:
-        """The buffer was fixed when the official model was built; a request's seed does not change it."""
+    def for_request(self, seed: int) -> HiftNoise:
+        """The buffer was fixed when the official model was built: every request shares it, whatever its seed."""
+        return self
 
 
 # Mixed into the request seed so the vocoder's stream is independent of the numpy sampler's.
@@ -153,8 +164,13 @@ class NormalHiftNoise:
     """
 
     def __init__(self, cfg: ModelConfig, seed: int = 0):
+        self.cfg = cfg
         self.width = cfg.hift.nb_harmonics + 1
         self.reseed(seed)
+
+    def for_request(self, seed: int) -> NormalHiftNoise:
+        """A fresh stream for one request: requests running at the same time never share draws."""
+        return NormalHiftNoise(self.cfg, seed)
 
     def reseed(self, seed: int) -> None:
         self._generator = np.random.default_rng([_NORMAL_NOISE_STREAM, int(seed) % (1 << 64)])
@@ -166,8 +182,10 @@ class NormalHiftNoise:
 
 
 NOISE_SOURCES = {"fixed_uniform": HiftNoise, "random_normal": NormalHiftNoise}
+# The vocoder noise of one request (`for_request(seed)` of the engine's source).
+VocoderNoise = HiftNoise | NormalHiftNoise
 
 
-def hift_noise_source(cfg: ModelConfig) -> HiftNoise | NormalHiftNoise:
+def hift_noise_source(cfg: ModelConfig) -> VocoderNoise:
     """The noise source `cfg.hift.noise` names."""
     return NOISE_SOURCES[cfg.hift.noise](cfg)

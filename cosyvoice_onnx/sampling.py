@@ -124,19 +124,25 @@ class GreedySampler:
         return int(np.argmax(scores))
 
 
+def resolve_sampler_kind(kind: str) -> str:
+    """`auto` -> `torch` when torch can be imported, else `numpy`; any other kind is checked and kept."""
+    if kind not in SAMPLER_KINDS:
+        raise InputError(f"unknown sampler {kind!r}; choose one of {', '.join(SAMPLER_KINDS)}")
+    if kind != "auto":
+        return kind
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "numpy"
+    return "torch"
+
+
 def make_sampler(kind: str, seed: int, cfg: LLMConfig) -> Sampler:
     """`torch` (official RNG stream), `numpy`, `greedy`, or `auto` (torch when it can be imported, else numpy)."""
-    if kind == "auto":
-        try:
-            import torch  # noqa: F401
-            kind = "torch"
-        except ImportError:
-            kind = "numpy"
+    kind = resolve_sampler_kind(kind)
     params = dict(top_p=cfg.top_p, top_k=cfg.top_k, win_size=cfg.win_size, tau_r=cfg.tau_r)
     if kind == "torch":
         return TorchRasSampler(seed, **params)
     if kind == "numpy":
         return NumpyRasSampler(seed, **params)
-    if kind == "greedy":
-        return GreedySampler()
-    raise InputError(f"unknown sampler {kind!r}; choose one of {', '.join(SAMPLER_KINDS)}")
+    return GreedySampler()

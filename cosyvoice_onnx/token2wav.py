@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .flow_solver import token_to_mel
-from .noise import HiftNoise, NormalHiftNoise
+from .noise import VocoderNoise
 from .stages import FlowStage, VocoderStage
 
 
@@ -57,14 +57,15 @@ class AccumulatedMelStream:
     """CV3 vocoder streaming (spec §6.4): the causal vocoder runs over all mel so far and only the samples not
     yet emitted are returned; with its fixed noise the earlier samples come out exactly as before."""
 
-    def __init__(self, token2wav: Token2Wav):
-        self._vocode = token2wav.vocode
+    def __init__(self, token2wav: Token2Wav, noise: VocoderNoise):
+        self._token2wav = token2wav
+        self._noise = noise
         self._mel = np.zeros((1, token2wav.cfg.flow.mel_dim, 0), dtype=np.float32)
         self._emitted = 0
 
     def push(self, mel: np.ndarray, finalize: bool) -> np.ndarray:
         self._mel = np.concatenate([self._mel, mel], axis=2)
-        new = self._vocode(self._mel, finalize=finalize)[0][self._emitted:]
+        new = self._token2wav.vocode(self._mel, finalize=finalize, noise=self._noise)[0][self._emitted:]
         self._emitted += len(new)
         return new
 
@@ -74,8 +75,9 @@ class CachedSourceStream:
     and their NSF source forced at its start; that overlap is cross-faded with a Hamming window, and the last
     overlap of every non-final chunk is held back for the next one."""
 
-    def __init__(self, token2wav: Token2Wav):
+    def __init__(self, token2wav: Token2Wav, noise: VocoderNoise):
         self._token2wav = token2wav
+        self._noise = noise
         self._cache_frames = token2wav.cfg.streaming.vocoder_cache_frames
         self._overlap = self._cache_frames * token2wav.cfg.hift.hop_samples
         # Symmetric, like the official np.hamming window.
@@ -87,7 +89,7 @@ class CachedSourceStream:
     def push(self, mel: np.ndarray, finalize: bool) -> np.ndarray:
         if self._mel is not None:
             mel = np.concatenate([self._mel, mel], axis=2)
-        speech, source = self._token2wav.vocode_with_source(mel, self._source)
+        speech, source = self._token2wav.vocode_with_source(mel, self._source, self._noise)
         speech = speech[0]
         if self._speech is not None:
             speech = fade_in_out(speech, self._speech, self._window)
@@ -105,10 +107,14 @@ VOCODER_STREAMS = {"accumulate": AccumulatedMelStream, "cache_crossfade": Cached
 
 class Token2Wav:
     """Flow + vocoder over speech tokens, with the noise the official model uses (fixed buffers for the flow and
-    the CV3 vocoder, per-call draws for the CV2 vocoder)."""
+    the CV3 vocoder, per-call draws for the CV2 vocoder).
+
+    Holds no per-request state: the vocoder noise of a request comes in as `noise` (from `request_noise(seed)`),
+    so one object serves concurrent requests. Without `noise`, a call draws from seed 0.
+    """
 
     def __init__(self, cfg: ModelConfig, flow: FlowStage, vocoder: VocoderStage, flow_noise: np.ndarray,
-                 hift_noise: HiftNoise | NormalHiftNoise):
+                 hift_noise: VocoderNoise):
         self.cfg = cfg
         self.flow = flow
         self.vocoder = vocoder
@@ -120,30 +126,37 @@ class Token2Wav:
         return token_to_mel(self.flow, tokens.reshape(1, -1), prompt_tokens.reshape(1, -1), prompt_mel, embedding,
                             self.flow_noise, streaming=streaming, finalize=finalize, cfg=self.cfg.flow)
 
-    def vocode(self, mel: np.ndarray, finalize: bool) -> np.ndarray:
-        return self.vocoder.vocode(mel, finalize, self._sine_noise(mel))
+    def with_stages(self, flow: FlowStage, vocoder: VocoderStage) -> Token2Wav:
+        """The same noise over other stage objects (e.g. a request's timed views of these)."""
+        return Token2Wav(self.cfg, flow, vocoder, self.flow_noise, self.hift_noise)
 
-    def vocode_with_source(self, mel: np.ndarray, cache_source: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def request_noise(self, seed: int) -> VocoderNoise:
+        """The vocoder noise of one request: CV3's shared fixed buffer, or CV2's normal draws from `seed`."""
+        return self.hift_noise.for_request(seed)
+
+    def vocode(self, mel: np.ndarray, finalize: bool, noise: VocoderNoise | None = None) -> np.ndarray:
+        return self.vocoder.vocode(mel, finalize, self._sine_noise(mel, noise))
+
+    def vocode_with_source(self, mel: np.ndarray, cache_source: np.ndarray,
+                           noise: VocoderNoise | None = None) -> tuple[np.ndarray, np.ndarray]:
         """CV2: (speech, source) with the source's start forced to `cache_source` (see VocoderStage)."""
-        return self.vocoder.vocode_with_source(mel, self._sine_noise(mel), cache_source)
+        return self.vocoder.vocode_with_source(mel, self._sine_noise(mel, noise), cache_source)
 
-    def _sine_noise(self, mel: np.ndarray) -> np.ndarray:
-        return self.hift_noise.sine_noise(mel.shape[2] * self.cfg.hift.hop_samples)
+    def _sine_noise(self, mel: np.ndarray, noise: VocoderNoise | None) -> np.ndarray:
+        noise = self.request_noise(0) if noise is None else noise
+        return noise.sine_noise(mel.shape[2] * self.cfg.hift.hop_samples)
 
-    def reseed(self, seed: int) -> None:
-        """Starts a request: the CV2 vocoder's per-call noise is drawn from `seed` (CV3's is fixed)."""
-        self.hift_noise.reseed(seed)
-
-    def whole(self, tokens, prompt_tokens, prompt_mel, embedding, speed: float = 1.0) -> np.ndarray:
+    def whole(self, tokens, prompt_tokens, prompt_mel, embedding, speed: float = 1.0,
+              noise: VocoderNoise | None = None) -> np.ndarray:
         """Non-streaming: full attention, finalize, optional speed change by mel interpolation."""
         mel = self.mel(np.asarray(tokens, dtype=np.int64), prompt_tokens, prompt_mel, embedding,
                        streaming=False, finalize=True)
         if speed != 1.0:
             mel = interpolate_linear(mel, int(mel.shape[2] / speed))
-        return self.vocode(mel, finalize=True)[0]
+        return self.vocode(mel, finalize=True, noise=noise)[0]
 
     def stream(self, token_source: Iterable[int], prompt_tokens, prompt_mel, embedding,
-               schedule: StreamSchedule | None = None) -> Iterator[np.ndarray]:
+               schedule: StreamSchedule | None = None, noise: VocoderNoise | None = None) -> Iterator[np.ndarray]:
         """Yields audio chunks as tokens arrive; the chunks concatenate to the official streaming output.
 
         Each flow call recomputes prompt+all tokens so far with chunk masks (spec §6.2); the new mel goes to
@@ -157,7 +170,8 @@ class Token2Wav:
         offset = 0
         hops = schedule.hops(int(np.asarray(prompt_tokens).size))
         hop = next(hops)
-        vocoder_stream = VOCODER_STREAMS[self.cfg.streaming.vocoder](self)
+        noise = self.request_noise(0) if noise is None else noise
+        vocoder_stream = VOCODER_STREAMS[self.cfg.streaming.vocoder](self, noise)
 
         def run(upto: int, finalize: bool) -> np.ndarray:
             chunk = np.asarray(tokens[:upto], dtype=np.int64)
@@ -170,4 +184,7 @@ class Token2Wav:
                 yield run(offset + hop + schedule.lookahead, finalize=False)
                 offset += hop
                 hop = next(hops)
-        yield run(len(tokens), finalize=True)
+        # A segment whose LM stopped before its first token has no speech: it adds no audio, as in `whole`
+        # callers (the vocoder cannot run on zero mel frames).
+        if tokens:
+            yield run(len(tokens), finalize=True)

@@ -369,3 +369,13 @@ def test_onnx_parity_meets_the_fp32_targets(exported, engine, cv2_dir, voice):
     reference = np.concatenate(list(engine.synthesize(TEXT, voice=voice, seed=2, stream=True, exact_len=40)))
     assert streamed.shape == reference.shape
     assert np.abs(streamed - reference).max() < 1e-3
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx"])
+def test_cv2_streaming_skips_a_segment_without_speech_tokens(exported, cv2_dir, voice, backend):
+    from cosyvoice_onnx import CosyVoice
+
+    tts = CosyVoice(cv2_dir, backend=backend)
+    assert tts.synthesize(TEXT, voice=voice, seed=1, max_len=0).size == 0
+    assert sum(len(c) for c in tts.synthesize(TEXT, voice=voice, seed=1, max_len=0, stream=True)) == 0
+

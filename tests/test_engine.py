@@ -103,6 +103,19 @@ def test_streaming_audio_is_reproduced_by_the_vocoder_over_the_accumulated_mel(t
         np.testing.assert_allclose(chunks[0], replay[: len(chunks[0])], atol=1e-5)
 
 
+@pytest.mark.parametrize("join", ["none", "crossfade"])
+def test_a_segment_without_speech_tokens_is_skipped_streamed_as_whole(tiny_engine, prompt_wav, join):
+    """max_len=0 ends every sentence before its first token: no audio, not a vocoder call on zero frames."""
+    voice = tiny_engine.prompt_from_audio(prompt_wav, TRANSCRIPT)
+    text = "First sentence here. Second one."
+    whole, info = tiny_engine.synthesize(text, voice=voice, seed=1, max_len=0, join=join, return_info=True)
+    assert whole.size == 0 and info.tokens and not any(info.tokens)
+    stream = tiny_engine.synthesize(text, voice=voice, seed=1, max_len=0, join=join, stream=True)
+    assert sum(len(c) for c in stream) == 0
+    # Both paths report the skipped sentence the same way: no tokens, no samples.
+    assert stream.result.info.tokens == info.tokens and stream.result.info.segment_samples == info.segment_samples
+
+
 def test_speed_changes_length_by_mel_interpolation(tiny_engine, prompt_wav):
     voice = tiny_engine.prompt_from_audio(prompt_wav, TRANSCRIPT)
     normal = tiny_engine.synthesize(TEXT, voice=voice, seed=2, exact_len=50)

@@ -16,6 +16,7 @@ from cosyvoice_onnx.errors import ExportError
 
 TRANSCRIPT = "hello there this is a test"
 TEXT = "Hello world, this is a tiny test."
+EXPORT_EVENTS = []
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +27,7 @@ def exported(tmp_path_factory, tiny_model_dir):
     model = tmp_path_factory.mktemp("onnx") / "tiny"
     shutil.copytree(tiny_model_dir, model)
     messages = []
-    export_model(model, precisions="fp32,int8", progress=messages.append)
+    export_model(model, precisions="fp32,int8", progress=messages.append, on_event=EXPORT_EVENTS.append)
     return model, messages
 
 
@@ -41,6 +42,12 @@ def test_export_writes_every_stage_and_a_manifest(exported):
     assert any(".int8." in n for n in manifest["precisions"]["int8"]["lm"])
     assert manifest["sources"]["llm"]["sha256"] and manifest["sources"]["flow"]["bytes"] > 0
     assert any("[lm] exporting" in m for m in messages) and any("[parity]" in m for m in messages)
+
+
+def test_export_reports_progress_as_events(exported):
+    steps = 3 * 2 + 2  # three stages at two precisions, then one parity run per precision
+    assert [(e.stage, e.done, e.total) for e in EXPORT_EVENTS] == [("export", i, steps) for i in range(steps + 1)]
+    assert EXPORT_EVENTS[0].message == "[lm] exporting fp32" and EXPORT_EVENTS[-1].fraction == 1.0
 
 
 def test_fp32_parity_recorded_at_export_meets_the_targets(exported):
@@ -100,13 +107,24 @@ def test_onnx_and_torch_give_the_same_audio_for_the_same_tokens(exported, prompt
     assert a.shape == b.shape and snr_db(a, b) >= 40
 
 
+def test_onnx_streaming_skips_a_segment_without_speech_tokens(exported, prompt_wav):
+    from cosyvoice_onnx import CosyVoice
+
+    model, _ = exported
+    tts = CosyVoice(model, backend="onnx")
+    voice = tts.prompt_from_audio(prompt_wav, TRANSCRIPT)
+    assert tts.synthesize(TEXT, voice=voice, seed=1, max_len=0).size == 0
+    assert sum(len(c) for c in tts.synthesize(TEXT, voice=voice, seed=1, max_len=0, stream=True)) == 0
+
+
 def test_per_stage_backend_choice(exported):
     from cosyvoice_onnx import CosyVoice
 
     model, _ = exported
     tts = CosyVoice(model, backend="lm=onnx:int8,flow=torch,vocoder=onnx")
     assert (tts.stages.lm.backend, tts.stages.flow.backend, tts.stages.vocoder.backend) == ("onnx", "torch", "onnx")
-    assert str(tts.stages.choices["lm"]) == "onnx:int8"
+    assert str(tts.plan) == "lm=onnx:int8,flow=torch,vocoder=onnx" and tts.stages.plan is tts.plan
+    assert tts.stages.lm.precision == "int8"
 
 
 def test_cli_synth_with_onnx_backend_and_parity_json(exported, prompt_wav, tmp_path):

@@ -270,7 +270,7 @@ def test_engine_cache_shares_equivalent_specs_and_drops_the_oldest(tmp_path):
     from cosyvoice_onnx.studio.state import EngineCache
 
     loads = []
-    cache = EngineCache(capacity=2, loader=lambda model, spec: loads.append(spec) or object())
+    cache = EngineCache(capacity=2, loader=lambda model, plan: loads.append(str(plan)) or object())
     first, _ = cache.get(tmp_path, "onnx:int8")
     # A global int8 choice is int8 for the LM and the flow (the vocoder has no int8 graph): the same engine as
     # this per-stage spelling, and not the same as the int8 LM with the fp32 flow.
@@ -297,3 +297,23 @@ def test_without_ffmpeg_the_live_player_gets_the_clip_so_far(tiny_model_dir, tmp
     assert np.array_equal(lives[-1], final)
     assert final.dtype == np.int16 and steps[-1][1][0] == 24000
     assert [c.mode for c in studio.history.clips()] == ["zero-shot (stream)"]
+
+
+def test_a_history_entry_replays_its_clip_bit_exactly(tiny_model_dir, tmp_path, prompt_wav):
+    import soundfile
+
+    from cosyvoice_onnx.studio import Studio, StudioSettings
+    from cosyvoice_onnx.studio.media import to_output
+
+    studio = Studio(StudioSettings(model_dir=tiny_model_dir, data_dir=tmp_path, stream_player=False))
+    studio.save_voice("anna", str(prompt_wav), TRANSCRIPT)
+    list(studio.zero_shot("One sentence. And a second one.", None, TRANSCRIPT, saved_voice="anna", seed=123,
+                          join="crossfade", join_ms=30, progress=lambda *a, **k: None))
+    clip = studio.history.clips()[0]
+    assert (clip.voice_name, clip.sampler, clip.seed, clip.backend) == ("anna", "torch", 123, "torch")
+    plan, request = studio.replay_request(clip.id)
+    with studio.cache.use(tiny_model_dir, plan) as engine:
+        replayed = engine.synthesize(request)
+    stored, rate = soundfile.read(studio.history.wav_path(clip.id), dtype="int16")
+    assert request.join == "crossfade" and request.join_ms == 30 and replayed.plan == clip.backend
+    np.testing.assert_array_equal(to_output(replayed.audio, rate)[1], stored)

@@ -8,31 +8,24 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError, ModelFolderError
+from ..errors import ModelFolderError
 from ..hash_cache import HashCache
 from ..manifest import FLOW_NOISE_FILE, fingerprint, new_manifest, previous_export, write_manifest
 from ..model_files import ModelFiles, inspect_model_dir
 from ..onnx_backend.loader import default_export_dir
+from ..plan import parse_precisions
+from ..progress import OnEvent, ProgressEvent
 
-PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def parse_precisions(text: str | list[str]) -> list[str]:
-    items = text.split(",") if isinstance(text, str) else list(text)
-    items = [p.strip() for p in items if p.strip()]
-    bad = [p for p in items if p not in PRECISIONS]
-    if bad or not items:
-        raise InputError(f"unknown precision {', '.join(bad) or '(none)'}; choose from {', '.join(PRECISIONS)}")
-    # fp32 graphs are the source of the int8 LM and the stages int8 leaves in fp32, so they always come along.
-    return ["fp32"] + [p for p in PRECISIONS[1:] if p in items]
 
 
 def export_model(model_dir: str | Path, out_dir: str | Path | None = None, precisions: str | list[str] = "fp32",
                  llm_variant: str = "base", parity: bool = True,
-                 progress: Callable[[str], None] = print) -> Path:
+                 progress: Callable[[str], None] = print, on_event: OnEvent | None = None) -> Path:
     """Writes the ONNX graphs for the requested precisions into out_dir (default: <model>/onnx).
 
-    Precisions exported earlier from the same checkpoints are kept (see `carry_over`).
+    Precisions exported earlier from the same checkpoints are kept (see `carry_over`). `progress` gets every
+    log line; `on_event` a ProgressEvent("export", done, total) as each step starts (a step: one stage at
+    one precision, or one parity run) and when all are done.
     """
     import torch
 
@@ -54,6 +47,15 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
     previous = previous_export(out, files, hashes)
     manifest = new_manifest(files, __version__, hashes)
     exporters = {"lm": export_lm, "flow": export_flow, "vocoder": export_hift}
+    steps = len(exporters) * len(wanted) + (len(wanted) if parity else 0)
+    done = 0
+
+    def step(message: str) -> None:
+        nonlocal done
+        progress(message)
+        if on_event is not None:
+            on_event(ProgressEvent("export", done, steps, message))
+        done += 1
     torch.set_grad_enabled(False)
     for stage, export in exporters.items():
         start = time.perf_counter()
@@ -62,8 +64,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
         fp32_paths = None
         for precision in wanted:
             same_as_fp32 = stage == "vocoder" and precision != "fp32"  # the vocoder always runs its fp32 graphs
-            progress(f"[{stage}] {precision}: uses the fp32 graphs" if same_as_fp32
-                     else f"[{stage}] exporting {precision}")
+            step(f"[{stage}] {precision}: uses the fp32 graphs" if same_as_fp32 else f"[{stage}] exporting {precision}")
             # fp16/int8 graphs are derived from the fp32 ones just written (fp32 always comes first).
             paths = export(module, cfg, out, precision=precision, fp32_paths=fp32_paths)
             if precision == "fp32":
@@ -91,11 +92,13 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
         from ..tools.parity import quick_parity
 
         for precision in wanted:
-            progress(f"[parity] measuring {precision} against PyTorch")
+            step(f"[parity] measuring {precision} against PyTorch")
             manifest["parity"][precision] = quick_parity(files.root, out, precision, llm_variant=llm_variant)
             write_manifest(out, manifest)
             progress("[parity] " + summarize(manifest["parity"][precision]))
     progress(f"export written to {out}")
+    if on_event is not None:
+        on_event(ProgressEvent("export", steps, steps, f"export written to {out}"))
     return out
 
 

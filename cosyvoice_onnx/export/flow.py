@@ -12,16 +12,14 @@ from torch import nn
 
 from ..config import ModelConfig
 from ..onnx_backend.flow import ENCODER_IO
+from ..plan import EXPORT_PRECISIONS, graph_files
 
 OPSET = 17
 # onnxruntime 1.31 reads IR versions up to 13; onnx 1.23 writes 14 unless told otherwise.
 MAX_IR_VERSION = 10
 PROTOBUF_LIMIT = 2_000_000_000
-ENCODER_BASE = "flow_encoder"
-ESTIMATOR_BASE = "flow_estimator"
 ESTIMATOR_INPUTS = ["x", "mask", "mu", "t", "spks", "cond", "streaming"]
 ESTIMATOR_OUTPUTS = ["velocity"]
-PRECISIONS = ("fp32", "fp16", "int8")
 # Kept in fp32 in the fp16 estimator: LayerNorm statistics and softmax sums overflow in fp16, and the time
 # sinusoid and RoPE angles reach 1000 rad and T rad, where fp16 keeps no fractional digits. The node groups
 # cover the multiplications that produce those angles (DiT: time_embed, rotary_embed; UNet: time_embeddings).
@@ -95,7 +93,7 @@ def export_encoder(flow: nn.Module, out_dir: Path) -> Path:
     if "context" in inputs:
         args += (torch.randint(0, cfg.vocab_size, (1, cfg.pre_lookahead_len)), torch.tensor([True]))
         dynamic_axes["context"] = {1: "n_context"}
-    path = Path(out_dir) / f"{ENCODER_BASE}.onnx"
+    path = Path(out_dir) / graph_files("flow", "fp32")["flow_encoder"]
     path.parent.mkdir(parents=True, exist_ok=True)
     model = _trace(EncoderGraph(flow).eval(), args, path, inputs, outputs, dynamic_axes)
     # Shape inference loses track of repeat_interleave's batch and channel sizes; state them.
@@ -113,7 +111,7 @@ def export_estimator(flow: nn.Module, out_dir: Path) -> Path:
     spks = torch.randn(2, cfg.mel_dim)
     streaming = torch.tensor([True])
     seq = {2: "seq_len"}
-    path = Path(out_dir) / f"{ESTIMATOR_BASE}.onnx"
+    path = Path(out_dir) / graph_files("flow", "fp32")["flow_estimator"]
     path.parent.mkdir(parents=True, exist_ok=True)
     # The estimators take `streaming` as a flag or as this bool tensor, so one graph serves both modes.
     model = _trace(flow.estimator.eval(), (x, mask, mu, t, spks, cond, streaming), path,
@@ -137,7 +135,7 @@ def convert_estimator_fp16(fp32_path: Path) -> Path:
     # The converter appends its Casts at the end of the node list; the checker wants topological order.
     tidy.topological_sort()
     _drop_repeated_nodes(tidy.model.graph)
-    return _save(tidy.model, fp32_path.with_name(f"{ESTIMATOR_BASE}.fp16.onnx"))
+    return _save(tidy.model, fp32_path.with_name(graph_files("flow", "fp16")["flow_estimator"]))
 
 
 def quantize_estimator_int8(fp32_path: Path) -> Path:
@@ -155,7 +153,7 @@ def quantize_estimator_int8(fp32_path: Path) -> Path:
     weight_matmuls = [node.name for node in model.graph.node
                       if node.op_type == "MatMul" and any(name in weights for name in node.input)]
     del model
-    path = fp32_path.with_name(f"{ESTIMATOR_BASE}.int8.onnx")
+    path = fp32_path.with_name(graph_files("flow", "int8")["flow_estimator"])
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         # quantize_dynamic writes its own IR version; _save caps it for the onnxruntime we ship with.
         raw = Path(scratch) / path.name
@@ -208,8 +206,8 @@ def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: s
     `module` is a CausalFlow (CV3) or a ConformerUNetFlow (CV2), as torch_backend.loader builds it. `fp32_paths`
     (encoder, estimator) are fp32 graphs of this module already written to out_dir, which are then reused.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r} ({', '.join(PRECISIONS)})")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r} ({', '.join(EXPORT_PRECISIONS)})")
     if (module.cfg.kind, module.cfg.mel_dim, module.cfg.static_chunk_size) != (
             cfg.flow.kind, cfg.flow.mel_dim, cfg.flow.static_chunk_size):
         raise ValueError("the flow module was built from another config than the one given")

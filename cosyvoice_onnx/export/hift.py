@@ -11,6 +11,7 @@ from torch.nn.utils import parametrize
 
 from ..config import ModelConfig
 from ..onnx_backend.hift import GRAPHS
+from ..plan import EXPORT_PRECISIONS, graph_files
 from ..torch_backend.hift import F0_LOOK_RIGHT, CausalHiFT, F0Predictor, PaddedConv1d, splice_source
 
 OPSET = 17
@@ -153,7 +154,7 @@ def export_hift(module: CausalHiFT, cfg: ModelConfig, out_dir: Path, precision: 
     Every precision gets the fp32 graphs: the f0 predictor overflows fp16 and the waveform is fragile to it.
     `fp32_paths`, graphs of this module already written to out_dir, are returned as they are.
     """
-    if precision not in ("fp32", "fp16", "int8"):
+    if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}")
     if module.cfg != cfg.hift:
         raise ValueError("the vocoder module was built for another HiFT config than `cfg.hift`")
@@ -164,7 +165,7 @@ def export_hift(module: CausalHiFT, cfg: ModelConfig, out_dir: Path, precision: 
     paths = []
     with torch.no_grad():
         for finalize, name in GRAPHS[cfg.hift.causal].items():
-            path = out_dir / f"{name}.onnx"
+            path = out_dir / graph_files("vocoder", "fp32", cfg.hift.causal)[name]
             _export_graph(GRAPH_WRAPPERS[cfg.hift.causal](module, finalize), path)
             paths.append(path)
     return paths

@@ -15,7 +15,8 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..config import ModelConfig
-from ..onnx_backend.lm import DECODE, PREFILL, PRECISIONS, graph_path
+from ..onnx_backend.lm import DECODE, PREFILL, graph_path
+from ..plan import EXPORT_PRECISIONS
 from ..torch_backend.llm import CosyVoice3LM
 from .lm_graph import MAX_POSITIONS, build_decode, build_prefill
 
@@ -113,8 +114,8 @@ def export_lm(module: CosyVoice3LM, cfg: ModelConfig, out_dir: Path, precision: 
     this export run has just written; otherwise from an fp32 build in a scratch folder, so each call writes only
     the files of the precision asked for.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if precision not in EXPORT_PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(EXPORT_PRECISIONS)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     lm = module.eval()

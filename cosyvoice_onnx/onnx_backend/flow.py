@@ -7,12 +7,11 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
+from ..devices import CPU, Device
 from ..errors import ExportError, InputError
+from ..plan import EXPORT_PRECISIONS, graph_files
 from .session import make_session
 
-ENCODER_FILE = "flow_encoder.onnx"
-ESTIMATOR_FILES = {"fp32": "flow_estimator.onnx", "fp16": "flow_estimator.fp16.onnx",
-                   "int8": "flow_estimator.int8.onnx"}
 # embed_speaker feeds the encoder one placeholder token: the graph computes spks from the embedding alone.
 PLACEHOLDER_TOKENS = np.zeros((1, 1), dtype=np.int64)
 # Per FlowConfig.kind. The conformer (CV2) attends over all tokens, so a non-final mu is not a slice of the final
@@ -38,14 +37,17 @@ class OnnxFlow:
 
     backend = "onnx"
 
-    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None):
-        if precision not in ESTIMATOR_FILES:
-            raise ValueError(f"unknown precision {precision!r} (fp32, fp16 or int8)")
+    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None, *,
+                 graphs: dict[str, str] | None = None, device: Device = CPU):
+        """`graphs`: file names by role (flow_encoder, flow_estimator), as the export's manifest lists them."""
+        if precision not in EXPORT_PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r} ({', '.join(EXPORT_PRECISIONS)})")
         export_dir = Path(export_dir)
         self.cfg = cfg.flow
         self.precision = precision
-        # The encoder stays fp32 at every precision: it is tiny and feeds every frame of mu.
-        encoder_path, estimator_path = export_dir / ENCODER_FILE, export_dir / ESTIMATOR_FILES[precision]
+        self.device = device
+        graphs = graphs or graph_files("flow", precision)
+        encoder_path, estimator_path = export_dir / graphs["flow_encoder"], export_dir / graphs["flow_estimator"]
         self.encoder = make_session(encoder_path, threads=threads)
         self.estimator = make_session(estimator_path, threads=threads)
         self.encoder_inputs = ENCODER_IO[self.cfg.kind][0]

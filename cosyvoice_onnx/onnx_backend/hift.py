@@ -7,13 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from ..config import ModelConfig
+from ..devices import CPU, Device
 from ..noise import vocoder_source_samples
+from ..plan import EXPORT_PRECISIONS, graph_files
 from .session import make_session
 
-# HiFTConfig.causal -> {finalize: graph}. The causal (CV3) vocoder has a look-ahead graph for streaming; the
+# HiFTConfig.causal -> {finalize: graph role} (plan.graph_files names the files). The causal (CV3) vocoder has a look-ahead graph for streaming; the
 # non-causal (CV2) one is always finalized and takes the previous chunk's source instead (`cache_source`).
 GRAPHS = {True: {True: "hift_final", False: "hift_stream"}, False: {True: "hift_cached"}}
-PRECISIONS = ("fp32", "fp16", "int8")
 # Future frames the f0 predictor's first conv reads (torch_backend.hift.F0_LOOK_RIGHT; that module imports torch).
 F0_LOOK_RIGHT = 3
 
@@ -26,14 +27,18 @@ class OnnxVocoder:
 
     backend = "onnx"
 
-    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None):
-        if precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None, *,
+                 graphs: dict[str, str] | None = None, device: Device = CPU):
+        """`graphs`: file names by role (GRAPHS), as the export's manifest lists them."""
+        if precision not in EXPORT_PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(EXPORT_PRECISIONS)}")
         self.cfg = cfg.hift
         self.precision = precision
+        self.device = device
         export_dir = Path(export_dir)
-        self.sessions = {finalize: make_session(export_dir / f"{name}.onnx", threads=threads)
-                         for finalize, name in GRAPHS[self.cfg.causal].items()}
+        graphs = graphs or graph_files("vocoder", "fp32", self.cfg.causal)
+        self.sessions = {finalize: make_session(export_dir / graphs[role], threads=threads)
+                         for finalize, role in GRAPHS[self.cfg.causal].items()}
 
     def source_samples(self, frames: int, finalize: bool) -> int:
         """Noise samples the graph consumes for `frames` mel frames."""

@@ -16,12 +16,13 @@ import numpy as np
 import onnxruntime as ort
 
 from ..config import ModelConfig
+from ..devices import CPU, Device
 from ..errors import ExportError, InputError
+from ..plan import graph_files
 from .session import make_session
 
 PREFILL = "lm_prefill"
 DECODE = "lm_decode"
-PRECISIONS = ("fp32", "fp16", "int8")
 # Metadata export/lm_graph.py writes into each graph: the graph layout this runtime can drive (older traced
 # exports have none) and the rows of the RoPE tables, the longest context the graphs can hold.
 LAYOUT_KEY, LAYOUT = "cosyvoice_lm_layout", "gqa-inplace-1"
@@ -35,10 +36,8 @@ NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
 def graph_path(export_dir: Path, base: str, precision: str = "fp32") -> Path:
-    """`<base>.onnx` for fp32, `<base>.<precision>.onnx` otherwise."""
-    if precision not in PRECISIONS:
-        raise ExportError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
-    return Path(export_dir) / (f"{base}.onnx" if precision == "fp32" else f"{base}.{precision}.onnx")
+    """The file of graph `base` (PREFILL or DECODE) at `precision`, as plan.graph_files names it."""
+    return Path(export_dir) / graph_files("lm", precision)[base]
 
 
 def cache_name(way: str, kind: str, layer: int) -> str:
@@ -143,13 +142,18 @@ class OnnxLanguageModel:
 
     backend = "onnx"
 
-    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None):
+    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None, *,
+                 graphs: dict[str, str] | None = None, device: Device = CPU):
+        """`graphs`: file names by role (PREFILL, DECODE), as the export's manifest lists them; by default the
+        names plan.graph_files gives for `precision`."""
         self.cfg = cfg
         self.precision = precision
+        self.device = device
+        graphs = graphs or graph_files("lm", precision)
         expected = _expected_io(cfg)
         self.sessions = {}
         for base in (PREFILL, DECODE):
-            path = graph_path(export_dir, base, precision)
+            path = Path(export_dir) / graphs[base]
             session = make_session(path, threads=threads)
             _check_graph(session, base, path, expected[base])
             self.sessions[base] = session

@@ -9,6 +9,7 @@ import numpy as np
 from ..errors import ExportError
 from ..manifest import FLOW_NOISE_FILE, check_export
 from ..model_files import ModelFiles
+from ..plan import StagePlan, graph_files
 
 DEFAULT_EXPORT_SUBDIR = "onnx"
 
@@ -17,20 +18,34 @@ def default_export_dir(files: ModelFiles) -> Path:
     return files.root / DEFAULT_EXPORT_SUBDIR
 
 
-def load(files: ModelFiles, choices: dict, export_dir: Path | None = None):
-    """Returns ({stage: Onnx stage}, flow noise buffer) for the stages chosen to run on ONNX."""
+def manifest_graphs(manifest: dict, export_dir: Path, stage: str, precision: str, causal_vocoder: bool) -> dict:
+    """The graph files of `stage` at `precision` by role, each one the manifest lists for that stage."""
+    listed = set(manifest["precisions"][precision].get(stage, []))
+    wanted = graph_files(stage, precision, causal_vocoder)
+    missing = sorted(name for name in wanted.values() if name not in listed)
+    if missing:
+        raise ExportError(f"{export_dir}: the manifest lists no {', '.join(missing)} for the {precision} {stage}; "
+                          f"re-export: `cosyvoice-onnx export --precision {precision}`")
+    return wanted
+
+
+def load(files: ModelFiles, plans: dict[str, StagePlan], export_dir: Path | None = None):
+    """Returns ({stage: Onnx stage}, flow noise buffer) for the stages the plan runs on ONNX."""
     from .flow import OnnxFlow
     from .hift import OnnxVocoder
     from .lm import OnnxLanguageModel
 
     export_dir = Path(export_dir) if export_dir else default_export_dir(files)
     classes = {"lm": OnnxLanguageModel, "flow": OnnxFlow, "vocoder": OnnxVocoder}
+    causal = files.config.hift.causal
     stages = {}
-    for precision in sorted({c.precision for c in choices.values()}):
-        names = [s for s, c in choices.items() if c.precision == precision]
-        check_export(export_dir, files, precision, names)
+    for precision in sorted({p.precision for p in plans.values()}):
+        names = [s for s, p in plans.items() if p.precision == precision]
+        manifest = check_export(export_dir, files, precision, names)
         for stage in names:
-            stages[stage] = classes[stage](export_dir, files.config, precision=precision)
+            graphs = manifest_graphs(manifest, export_dir, stage, precision, causal)
+            stages[stage] = classes[stage](export_dir, files.config, precision=precision, graphs=graphs,
+                                           device=plans[stage].device)
     noise_path = export_dir / FLOW_NOISE_FILE
     try:
         noise = np.load(noise_path, allow_pickle=False)

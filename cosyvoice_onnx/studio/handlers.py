@@ -18,8 +18,9 @@ import gradio as gr
 import numpy as np
 
 from ..releases import detect_version
-from ..engine import MAX_TEXT_CHARS
+from ..request import SynthesisRequest, SynthesisResult, check_text
 from ..errors import CosyVoiceError, InputError
+from ..plan import ExecutionPlan
 from ..prompts import preset_instruction
 from ..voices import VoiceStore, validate_name
 from .history import History
@@ -55,21 +56,11 @@ def user_errors(fn):
     return call
 
 
-def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> str:
-    """The engine's backend string from the three selectors; a per-stage spec wins when given."""
+def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> ExecutionPlan:
+    """The execution plan the three header selectors make; a per-stage spec wins when given."""
     if stages and stages.strip():
-        return stages.strip()
-    backend = (backend or "torch").strip()
-    return backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}"
-
-
-def check_text(text: str) -> str:
-    """The engine's own text checks, made before a model is loaded for a request that cannot succeed."""
-    if not text or not text.strip():
-        raise InputError("the text to speak is empty")
-    if len(text) > MAX_TEXT_CHARS:
-        raise InputError(f"the text is {len(text)} characters; the limit is {MAX_TEXT_CHARS}. Split it into parts.")
-    return text
+        return ExecutionPlan.parse(stages)
+    return ExecutionPlan.everywhere((backend or "torch").strip(), (precision or "fp32").strip())
 
 
 def random_seed() -> int:
@@ -77,8 +68,9 @@ def random_seed() -> int:
 
 
 def _progress_callback(progress):
-    def report(done: int, total: int) -> None:
-        progress((done, total), desc=f"sentence {done} of {total}", unit="sentences")
+    """Renders the engine's progress events on a gr.Progress bar."""
+    def report(event) -> None:
+        progress((event.done, event.total), desc=event.message, unit="sentences")
     return report
 
 
@@ -108,7 +100,7 @@ class Studio:
         return preset_instruction(preset, detect_version(self.model_folder(model_dir)))
 
     def _checked(self, model_dir: str, text: str, seed) -> tuple[Path, str, int]:
-        """The request's model folder, text and seed, checked before any model is loaded."""
+        """The request's model folder, text and seed, checked (by the engine's own rules) before a model loads."""
         return self.model_folder(model_dir), check_text(text), int(seed)
 
     def _voice(self, engine, audio_path, saved_voice: str, transcript: str, what: str = "prompt audio"):
@@ -140,15 +132,22 @@ class Studio:
         return dataclasses.replace(voice, transcript=transcript), label
 
     def _synthesize(self, engine, text: str, progress, **options):
+        """(result, request, elapsed) of one request, run by the engine's own checks."""
         start = time.perf_counter()
-        audio, info = engine.synthesize(text, on_progress=_progress_callback(progress), check_tags=True,
-                                        return_info=True, **options)
-        if audio.size == 0:
+        request = SynthesisRequest(text=text, check_tags=True, **options)
+        result = engine.synthesize(request, on_event=_progress_callback(progress))
+        if result.audio.size == 0:
             raise InputError("the model produced no speech for this text; try another seed or text")
-        return audio, info, time.perf_counter() - start
+        return result, request, time.perf_counter() - start
 
-    def _keep(self, audio, rate, mode: str, text: str, spec: str, seed: int, voice: str, extra: str = ""):
-        return self.history.add(audio, rate, mode=mode, text=text, backend=spec, seed=seed, voice=voice, extra=extra)
+    def _keep(self, audio, rate, mode: str, text: str, plan: ExecutionPlan, seed: int, voice: str, extra: str = "",
+              result: SynthesisResult | None = None, request: SynthesisRequest | None = None, saved_voice: str = ""):
+        """A history entry; with the result and request it also stores what replays the clip exactly."""
+        replay = {}
+        if result is not None and request is not None:
+            replay = {"sampler": result.sampler, "voice_name": saved_voice, "controls": request.controls()}
+        return self.history.add(audio, rate, mode=mode, text=text, backend=str(plan), seed=seed, voice=voice,
+                                extra=extra, **replay)
 
     @staticmethod
     def _summary(mode: str, seconds: float, elapsed: float, spec: str, seed: int, voice: str, info=None,
@@ -174,20 +173,22 @@ class Studio:
         progress(0, desc="loading the model")
         with self.cache.use(model, spec) as engine:
             voice, label = self._voice(engine, prompt_audio, saved_voice, transcript)
-            mode = "zero-shot" if transcript.strip() else "cross-lingual"
             if not stream:
-                audio, info, elapsed = self._synthesize(engine, text, progress, voice=voice, prompt_text=transcript,
-                                                        seed=seed, speed=float(speed), join=join,
-                                                        join_ms=float(join_ms))
-                self._keep(audio, engine.sample_rate, mode, text, spec, seed, label)
+                result, request, elapsed = self._synthesize(engine, text, progress, voice=voice,
+                                                            prompt_text=transcript, seed=seed, speed=float(speed),
+                                                            join=join, join_ms=float(join_ms))
+                audio, mode = result.audio, result.mode.replace("_", "-")
+                self._keep(audio, engine.sample_rate, mode, text, spec, seed, label, result=result, request=request,
+                           saved_voice=saved_voice)
                 yield None, to_output(audio, engine.sample_rate), self._summary(
-                    mode, len(audio) / engine.sample_rate, elapsed, spec, seed, label, info)
+                    mode, len(audio) / engine.sample_rate, elapsed, spec, seed, label, result.info)
                 return
             start, first, chunks = time.perf_counter(), None, []
             # speed goes along so that the engine refuses a speed change while streaming, as the official model does.
-            for chunk in engine.synthesize(text, voice=voice, prompt_text=transcript, seed=seed, stream=True,
-                                           speed=float(speed), join=join, join_ms=float(join_ms), check_tags=True,
-                                           on_progress=_progress_callback(progress)):
+            request = SynthesisRequest(text=text, voice=voice, prompt_text=transcript, seed=seed, stream=True,
+                                       speed=float(speed), join=join, join_ms=float(join_ms), check_tags=True)
+            stream_chunks = engine.stream(request, on_event=_progress_callback(progress))
+            for chunk in stream_chunks:
                 first = first if first is not None else time.perf_counter() - start
                 chunks.append(chunk)
                 # Without ffmpeg the live player cannot take chunks, so it gets the clip so far instead.
@@ -196,8 +197,9 @@ class Studio:
                 yield to_output(live, engine.sample_rate), None, status
             if not chunks:
                 raise InputError("the model produced no speech for this text; try another seed or text")
-            audio = np.concatenate(chunks)
-            self._keep(audio, engine.sample_rate, mode + " (stream)", text, spec, seed, label)
+            audio, mode = np.concatenate(chunks), stream_chunks.result.mode.replace("_", "-")
+            self._keep(audio, engine.sample_rate, mode + " (stream)", text, spec, seed, label,
+                       result=stream_chunks.result, request=request, saved_voice=saved_voice)
             yield None, to_output(audio, engine.sample_rate), self._summary(
                 mode + " (streamed)", len(audio) / engine.sample_rate, time.perf_counter() - start, spec, seed,
                 label, extra=f"{len(chunks)} chunks, first audio after {first:.2f} s")
@@ -213,9 +215,11 @@ class Studio:
         progress(0, desc="loading the model")
         with self.cache.use(model, spec) as engine:
             voice, label = self._voice(engine, prompt_audio, saved_voice, "")
-            audio, info, elapsed = self._synthesize(engine, text, progress, voice=voice, instruct=instruction,
-                                                    seed=seed, join=join, join_ms=float(join_ms))
-            self._keep(audio, engine.sample_rate, "instruct", text, spec, seed, label, extra=instruction)
+            result, request, elapsed = self._synthesize(engine, text, progress, voice=voice, instruct=instruction,
+                                                        seed=seed, join=join, join_ms=float(join_ms))
+            audio, info = result.audio, result.info
+            self._keep(audio, engine.sample_rate, "instruct", text, spec, seed, label, extra=instruction,
+                       result=result, request=request, saved_voice=saved_voice)
             return to_output(audio, engine.sample_rate), self._summary(
                 "instruct", len(audio) / engine.sample_rate, elapsed, spec, seed, label, info,
                 extra=f"instruction: {instruction}")
@@ -235,8 +239,9 @@ class Studio:
             timbre, timbre_label = self._voice(engine, prompt_audio, saved_voice, transcript)
             emotion, emotion_label = self._voice(engine, emotion_audio, emotion_voice, emotion_transcript,
                                                  what="emotion clip")
-            audio, info, elapsed = self._synthesize(engine, text, progress, timbre=timbre, emotion=emotion,
-                                                    mix=weight, prompt_text=transcript, seed=seed)
+            result, _, elapsed = self._synthesize(engine, text, progress, voice=timbre, emotion=emotion, mix=weight,
+                                                  prompt_text=transcript, seed=seed)
+            audio, info = result.audio, result.info
             label = f"timbre: {timbre_label}; emotion: {emotion_label}"
             self._keep(audio, engine.sample_rate, "mix", text, spec, seed, label, extra=f"weight {weight:.2f}")
             return to_output(audio, engine.sample_rate), self._summary(
@@ -257,13 +262,15 @@ class Studio:
         progress(0, desc="loading the model")
         with self.cache.use(model, spec) as engine:
             voice, label = self._voice(engine, prompt_audio, saved_voice, transcript)
-            audio, info, elapsed = self._synthesize(engine, text, progress, voice=voice, prompt_text=transcript,
-                                                    seed=seed, **control)
+            result, request, elapsed = self._synthesize(engine, text, progress, voice=voice, prompt_text=transcript,
+                                                        seed=seed, **control)
+            audio, info = result.audio, result.info
             achieved = len(audio) / engine.sample_rate
             asked = (f"target {float(seconds):.2f} s ({method})" if target == "seconds"
                      else f"speed ×{float(speed):.2f}")
             outcome = f"{asked} → achieved **{achieved:.3f} s** (natural length ≈ {info.estimated_seconds:.2f} s)"
-            self._keep(audio, engine.sample_rate, "duration", text, spec, seed, label, extra=asked)
+            self._keep(audio, engine.sample_rate, "duration", text, spec, seed, label, extra=asked, result=result,
+                       request=request, saved_voice=saved_voice)
             return to_output(audio, engine.sample_rate), achieved, self._summary(
                 "duration", achieved, elapsed, spec, seed, label, info, extra=outcome)
 
@@ -273,7 +280,7 @@ class Studio:
            model_dir: str = "", progress=gr.Progress()):
         """The same request on two backends from the same seed, plus stage-by-stage parity figures."""
         model, text, seed = self._checked(model_dir, text, seed)
-        specs = [(backend_a or "torch").strip(), (backend_b or "torch").strip()]
+        specs = [ExecutionPlan.parse(backend_a or "torch"), ExecutionPlan.parse(backend_b or "torch")]
         progress(0, desc=f"loading {specs[0]} and {specs[1]}")
         entries = [self.cache.get(model, spec) for spec in specs]
         locks = list({id(lock): lock for _, lock in entries}.values())
@@ -285,8 +292,9 @@ class Studio:
             outputs, rows = [], []
             for side, spec, engine in (("A", specs[0], engine_a), ("B", specs[1], engine_b)):
                 progress((0, 2 if parity else 1), desc=f"{side}: {spec}")
-                audio, _, elapsed = self._synthesize(engine, text, lambda *a, **k: None, voice=voice,
-                                                     prompt_text=transcript, seed=seed)
+                result, _, elapsed = self._synthesize(engine, text, lambda *a, **k: None, voice=voice,
+                                                      prompt_text=transcript, seed=seed)
+                audio = result.audio
                 seconds = len(audio) / engine.sample_rate
                 self._keep(audio, engine.sample_rate, f"A/B {side}", text, spec, seed, label)
                 outputs.append(to_output(audio, engine.sample_rate))
@@ -352,6 +360,20 @@ class Studio:
             raise InputError(f"no clip {clip_id!r} in the history")
         path = str(self.history.wav_path(clip.id))
         return path, path
+
+    def replay_request(self, clip_id: str) -> tuple[ExecutionPlan, SynthesisRequest]:
+        """The plan and request that make a history clip again, bit for bit (clips made with a saved voice)."""
+        clip = self.history.get((clip_id or "").strip())
+        if clip is None:
+            raise InputError(f"no clip {clip_id!r} in the history")
+        if not clip.voice_name or not clip.sampler:
+            raise InputError(f"clip {clip.id} was made from an uploaded clip; only clips of saved voices replay")
+        controls = dict(clip.controls)
+        decode_options = controls.pop("decode_options", {})
+        voice = VoiceStore(self.settings.voices_dir).load(clip.voice_name)
+        return ExecutionPlan.parse(clip.backend), SynthesisRequest(
+            text=clip.text, voice=voice, seed=clip.seed, decode_options=decode_options,
+            **{**controls, "sampler": clip.sampler})
 
     @user_errors
     def delete_clip(self, clip_id: str) -> str:

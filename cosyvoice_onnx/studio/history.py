@@ -6,7 +6,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,11 @@ class Clip:
     seed: int
     voice: str = ""
     extra: str = ""
+    # What replays the clip exactly, with `text`, `backend` (the plan's canonical string) and `seed`: the
+    # resolved sampler, the saved voice's name (empty for an uploaded clip) and the request's controls.
+    sampler: str = ""
+    voice_name: str = ""
+    controls: dict = field(default_factory=dict)
 
 
 class History:
@@ -39,11 +44,13 @@ class History:
         self._lock = threading.Lock()
 
     def add(self, audio: np.ndarray, rate: int, *, mode: str, text: str, backend: str, seed: int,
-            voice: str = "", extra: str = "") -> Clip:
+            voice: str = "", extra: str = "", sampler: str = "", voice_name: str = "",
+            controls: dict | None = None) -> Clip:
         created = time.time()
         # Time first so names sort by age; the random part keeps two clips in one second apart.
         clip_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(created)) + "-" + secrets.token_hex(3)
-        clip = Clip(clip_id, created, mode, text, round(len(audio) / rate, 3), backend, int(seed), voice, extra)
+        clip = Clip(clip_id, created, mode, text, round(len(audio) / rate, 3), backend, int(seed), voice, extra,
+                    sampler, voice_name, dict(controls or {}))
         with self._lock:
             write_wav(self.root / f"{clip_id}.wav", audio, rate)
             tmp = self.root / f"{clip_id}.json.tmp"

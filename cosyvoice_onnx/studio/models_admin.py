@@ -78,20 +78,17 @@ class ModelAdmin:
     @user_errors
     def export(self, model_dir: str = "", precisions: list[str] | None = None, parity: bool = True,
                progress=gr.Progress()) -> str:
-        """Runs the exporter; its progress messages drive the bar; returns its log with the parity lines."""
+        """Runs the exporter; its progress events drive the bar; returns its log with the parity lines."""
         from ..export.exporter import export_model, parse_precisions
 
         path = self.studio.model_folder(model_dir)
         wanted = parse_precisions(precisions or ["fp32"])
-        # The exporter reports "loading", one line per precision and "done" per stage, then two per parity run.
-        expected = len(STAGES) * (len(wanted) + 2) + (2 * len(wanted) if parity else 0) + 2
         log: list[str] = []
 
-        def report(message: str) -> None:
-            log.append(message)
-            progress(min(len(log) / expected, 0.99), desc=message)
+        def show(event) -> None:
+            progress(event.fraction, desc=event.message)
 
-        out = export_model(path, None, precisions=wanted, parity=bool(parity), progress=report)
+        out = export_model(path, None, precisions=wanted, parity=bool(parity), progress=log.append, on_event=show)
         self.studio.cache.forget(path)  # engines opened on the old export must reload the new files
         return f"### Export written to `{out}`\n\n```\n" + "\n".join(log) + "\n```"
 

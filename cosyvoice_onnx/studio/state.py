@@ -1,4 +1,4 @@
-"""Loaded engines, cached per (model folder, backend spec), so switching back and forth does not reload."""
+"""Loaded engines, cached per (model folder, execution plan), so switching back and forth does not reload."""
 
 from __future__ import annotations
 
@@ -7,13 +7,7 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..backends import parse_backend
-
-
-def backend_key(spec: str) -> str:
-    """A canonical spelling, so `onnx:int8` and `lm=onnx:int8,flow=onnx,vocoder=onnx` share one engine."""
-    choices = parse_backend(spec)
-    return ",".join(f"{stage}={choice}" for stage, choice in choices.items())
+from ..plan import ExecutionPlan
 
 
 class EngineCache:
@@ -25,29 +19,30 @@ class EngineCache:
     def __init__(self, capacity: int = 2, loader=None):
         self.capacity = capacity
         self._loader = loader or _load_engine
-        self._engines: OrderedDict[tuple[str, str], tuple[object, threading.Lock]] = OrderedDict()
+        self._engines: OrderedDict[tuple[str, ExecutionPlan], tuple[object, threading.Lock]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, model_dir: Path, backend: str):
-        key = (str(Path(model_dir).resolve()), backend_key(backend))
+    def get(self, model_dir: Path, plan: ExecutionPlan | str):
+        """The engine for (folder, plan): equal plans (`onnx:int8` spelled per stage, too) share one engine."""
+        key = (str(Path(model_dir).resolve()), ExecutionPlan.parse(plan))
         with self._lock:
             if key in self._engines:
                 self._engines.move_to_end(key)
                 return self._engines[key]
             # Loading under the lock: two requests for a new engine must not load it twice (GBs of weights).
-            entry = (self._loader(key[0], backend), threading.Lock())
+            entry = (self._loader(*key), threading.Lock())
             self._engines[key] = entry
             while len(self._engines) > self.capacity:
                 self._engines.popitem(last=False)
             return entry
 
     @contextmanager
-    def use(self, model_dir: Path, backend: str):
-        engine, lock = self.get(model_dir, backend)
+    def use(self, model_dir: Path, plan: ExecutionPlan | str):
+        engine, lock = self.get(model_dir, plan)
         with lock:
             yield engine
 
-    def loaded(self) -> list[tuple[str, str]]:
+    def loaded(self) -> list[tuple[str, ExecutionPlan]]:
         with self._lock:
             return list(self._engines)
 
@@ -59,7 +54,7 @@ class EngineCache:
                 del self._engines[key]
 
 
-def _load_engine(model_dir: str, backend: str):
+def _load_engine(model_dir: str, plan: ExecutionPlan):
     from ..engine import CosyVoice
 
-    return CosyVoice(model_dir, backend=backend)
+    return CosyVoice(model_dir, backend=plan)

@@ -441,7 +441,7 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
     embedding = rng.standard_normal((1, cfg.flow.spk_embed_dim), dtype=np.float32)
     targets = rng.integers(0, c.speech_token_size, work.flow_tokens)
     mel = rng.standard_normal((1, cfg.flow.mel_dim, work.vocoder_frames), dtype=np.float32) - 5.0
-    noise = token2wav.hift_noise.sine_noise(work.vocoder_frames * cfg.hift.hop_samples)
+    noise = token2wav.request_noise(work.seed).sine_noise(work.vocoder_frames * cfg.hift.hop_samples)
 
     def decode_per_token(count: int) -> float:
         """Feeds fixed tokens after a prefill (no sampling, no stop), and returns seconds per step."""
@@ -460,14 +460,14 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
         token2wav.mel(targets[:count], flow_prompt, prompt_mel, embedding, streaming=False, finalize=True)
 
     def request():
-        token2wav.reseed(work.seed)
-        audio = token2wav.whole(list(sampled_tokens()), flow_prompt, prompt_mel, embedding)
+        audio = token2wav.whole(list(sampled_tokens()), flow_prompt, prompt_mel, embedding,
+                                noise=token2wav.request_noise(work.seed))
         if len(audio) != work.flow_tokens * cfg.flow.token_mel_ratio * cfg.hift.hop_samples:
             raise RuntimeError(f"the request made {len(audio)} samples, not the {work.flow_tokens} tokens' worth")
 
     def first_chunk():
-        token2wav.reseed(work.seed)
-        chunks = token2wav.stream(sampled_tokens(), flow_prompt, prompt_mel, embedding)
+        chunks = token2wav.stream(sampled_tokens(), flow_prompt, prompt_mel, embedding,
+                                  noise=token2wav.request_noise(work.seed))
         next(chunks)
         chunks.close()
 
@@ -498,11 +498,14 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
 
 def run_backend(job: dict) -> dict:
     """Times the job's stages on one backend; `job` is what `_backend_job` builds."""
-    if job["backend"].startswith("torch"):
+    from ..plan import ExecutionPlan
+
+    plan = ExecutionPlan.parse(job["backend"])  # the canonical string the parent process wrote
+    if plan.uses("torch"):
         import torch
 
         torch.set_num_threads(int(job["threads"]))
-    from ..backends import load_stages, parse_backend
+    from ..backends import load_stages
     from ..model_files import inspect_model_dir
     from ..noise import hift_noise_source
     from ..token2wav import Token2Wav
@@ -511,7 +514,7 @@ def run_backend(job: dict) -> dict:
     start = time.perf_counter()
     files = inspect_model_dir(job["model_dir"])
     cfg = files.config
-    stages = load_stages(files, parse_backend(job["backend"]), job["export_dir"])
+    stages = load_stages(files, plan, job["export_dir"])
     token2wav = Token2Wav(cfg, stages.flow, stages.vocoder, stages.flow_noise, hift_noise_source(cfg))
     result = {"backend": job["backend"], "load_s": time.perf_counter() - start}
     runs = _stage_runs(cfg, stages, token2wav, work)
@@ -566,11 +569,14 @@ def run_backend_subprocess(job: dict) -> dict:
 
 
 def backends_for(precisions: list[str], cuda: bool) -> list[str]:
-    names = ["torch", "onnx"]
-    names += [f"onnx:{p}" for p in precisions if p == "int8" or (p == "fp16" and cuda)]
+    from ..plan import ExecutionPlan, stage_plan
+
+    plans = [ExecutionPlan.everywhere("torch"), ExecutionPlan.everywhere("onnx")]
+    plans += [ExecutionPlan.everywhere("onnx", p) for p in precisions if p == "int8" or (p == "fp16" and cuda)]
     if "int8" in precisions:
-        names.append(INT8_LM_ONLY)
-    return names
+        plans.append(ExecutionPlan(stage_plan("lm", "onnx", "int8"), stage_plan("flow", "onnx"),
+                                   stage_plan("vocoder", "onnx")))
+    return [str(plan) for plan in plans]
 
 
 def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str | Path | None = None,
@@ -579,7 +585,7 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
     """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes)."""
     import onnxruntime as ort
 
-    from ..export.exporter import parse_precisions
+    from ..plan import parse_precisions
     from ..onnx_backend.session import default_threads
 
     if size not in SIZES:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..devices import Device
+from ..plan import ExecutionPlan
 from ..prompts import MODES
 from ..sampling import GreedySampler, make_sampler
 
@@ -41,8 +43,7 @@ def _timed(fn, *args, **kwargs):
 
 def compare_engines(ref, test, voice, text: str = DEFAULT_TEXT, seed: int = 0, max_tokens: int = 200) -> dict:
     """Runs both engines on the same inputs; `ref` is the PyTorch engine, `test` the ONNX one."""
-    report: dict = {"text": text, "seed": seed, "backends": {"ref": str(ref.stages.choices["lm"]),
-                                                              "test": {k: str(v) for k, v in test.stages.choices.items()}}}
+    report: dict = {"text": text, "seed": seed, "backends": {"ref": str(ref.plan), "test": str(test.plan)}}
     mode = MODES["zero_shot"]
     text_ids, prompt_ids = ref.frontend.lm_inputs(mode, ref.frontend.text_segments(text)[0], voice.transcript, None)
     prompt_speech = voice.speech_tokens.reshape(-1)
@@ -114,14 +115,20 @@ def targets_met(report: dict) -> dict[str, bool]:
     }
 
 
+def parity_plans(precision: str = "fp32", device: str | Device | None = "cpu") -> tuple[ExecutionPlan, ExecutionPlan]:
+    """(reference, test): every stage on torch fp32, and every stage on ONNX at `precision`, on `device`."""
+    return ExecutionPlan.everywhere("torch", device=device), ExecutionPlan.everywhere("onnx", precision, device)
+
+
 def run_parity(model_dir: str | Path, export_dir: str | Path | None = None, precision: str = "fp32",
                prompt_wav=None, prompt_text: str = DEFAULT_TRANSCRIPT, text: str = DEFAULT_TEXT, seed: int = 0,
-               max_tokens: int = 200, llm_variant: str = "base") -> dict:
+               max_tokens: int = 200, llm_variant: str = "base", device: str | Device | None = "cpu") -> dict:
     from ..engine import CosyVoice
     from .tiny import synthetic_voice
 
-    ref = CosyVoice(model_dir, backend="torch", llm_variant=llm_variant)
-    test = CosyVoice(model_dir, backend=f"onnx:{precision}", llm_variant=llm_variant, export_dir=export_dir)
+    ref_plan, test_plan = parity_plans(precision, device)
+    ref = CosyVoice(model_dir, backend=ref_plan, llm_variant=llm_variant)
+    test = CosyVoice(model_dir, backend=test_plan, llm_variant=llm_variant, export_dir=export_dir)
     if prompt_wav is None:
         prompt_wav = (ref.sample_rate, synthetic_voice(4.0, ref.sample_rate, seed=1))
     voice = ref.prompt_from_audio(prompt_wav, prompt_text)
@@ -139,8 +146,7 @@ def quick_parity(model_dir, export_dir, precision: str, llm_variant: str = "base
 
 def format_report(report: dict) -> str:
     lm, fl, vo, e2e = report["lm"], report["flow"], report["vocoder"], report["end_to_end"]
-    ref_name, test_names = report["backends"]["ref"], report["backends"]["test"]
-    test_name = "/".join(sorted(set(test_names.values()))) if isinstance(test_names, dict) else str(test_names)
+    ref_name, test_name = report["backends"]["ref"], report["backends"]["test"]
     rows = [
         ("stage", "metric", "value", f"{ref_name} s", f"{test_name} s"),
         ("LM", "logits max|mean abs diff", f"{lm['logits_max_abs_diff']:.2e} | {lm['logits_mean_abs_diff']:.2e}",

@@ -7,7 +7,8 @@ import gc
 import numpy as np
 import torch
 
-from ..errors import ModelFolderError
+from ..devices import CPU, Device, resolve_torch
+from ..errors import InputError, ModelFolderError
 from ..model_files import ModelFiles, checkpoint_limit, load_checkpoint, load_strict, normalize_hift_keys
 from .flow import CausalFlow, TorchFlow, flow_noise_buffer_torch
 from .flow_v2 import ConformerUNetFlow
@@ -64,7 +65,11 @@ def _load_module(files: ModelFiles, stage: str) -> torch.nn.Module:
 _ADAPTERS = {"lm": TorchLanguageModel, "flow": TorchFlow, "vocoder": TorchVocoder}
 
 
-def load(files: ModelFiles, stages: list[str]) -> dict:
+def load(files: ModelFiles, stages: list[str], *, device: Device = CPU, precision: str = "fp32") -> dict:
+    """The stage adapters for `stages`, on `device` in `precision` (plan.SUPPORTED lists what each stage takes)."""
+    device = resolve_torch(device)
+    if device != CPU or precision != "fp32":
+        raise InputError(f"the PyTorch backend of this build runs fp32 on the CPU, not {precision} on {device}")
     return {stage: _ADAPTERS[stage](load_module(files, stage)) for stage in stages}
 
 

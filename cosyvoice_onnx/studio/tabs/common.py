@@ -6,14 +6,19 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from ...plan import BACKENDS as PLAN_BACKENDS
+from ...plan import EXPORT_PRECISIONS, PRECISIONS as PLAN_PRECISIONS
+from ...plan import ExecutionPlan
 from ...prompts import INSTRUCT_PRESETS
-from ..handlers import MAX_SEED, MAX_TEXT_CHARS, Studio, random_seed
+from ...request import MAX_TEXT_CHARS
+from ..handlers import MAX_SEED, Studio, random_seed
 from ..models_admin import known_models
 from ..text_tools import TAG_BUTTONS, apply_pinyin, insert_tag_js, polyphone_choices, reading_choices
 
 TEXT_ID = "studio-text"
-BACKENDS = ["torch", "onnx"]
-PRECISIONS = ["fp32", "fp16", "int8"]
+BACKENDS = list(PLAN_BACKENDS)
+PRECISIONS = list(PLAN_PRECISIONS)
+EXPORT_CHOICES = list(EXPORT_PRECISIONS)
 JOINS = ["none", "crossfade", "silence"]
 # The A/B selectors offer the whole-model specs and one per-stage layout (any spec can be typed).
 AB_BACKENDS = ["torch", "onnx", "onnx:fp16", "onnx:int8", "lm=onnx:int8,flow=torch,vocoder=onnx"]
@@ -56,16 +61,17 @@ def voice_choices(studio: Studio) -> list[tuple[str, str]]:
 
 def build_header(studio: Studio) -> dict:
     models = known_models(studio)
-    spec = studio.settings.backend
+    plan = ExecutionPlan.parse(studio.settings.backend)
+    spec = str(plan)
     per_stage = "=" in spec
-    default_backend, _, default_precision = ("torch:" if per_stage else spec).partition(":")
+    default_backend, default_precision = ("torch", "fp32") if per_stage else (plan.lm.backend, plan.lm.precision)
     with gr.Row(equal_height=True):
         model_dir = gr.Dropdown(choices=models, value=models[0] if models else "", label="Model folder",
                                 allow_custom_value=True, scale=4,
                                 info="an official Fun-CosyVoice3 folder; see the Models tab to download or export")
         backend = gr.Dropdown(BACKENDS, value=default_backend, label="Backend", scale=1)
         precision = gr.Dropdown(PRECISIONS, value=default_precision or "fp32", label="Precision", scale=1,
-                                info="fp16/int8 need the ONNX backend")
+                                info="int8 needs the ONNX backend, bf16 the PyTorch one")
     with gr.Accordion("Per-stage backends (advanced)", open=per_stage):
         stages = gr.Textbox(value=spec if per_stage else "", label="Per-stage spec (overrides the two selectors)",
                             placeholder="lm=onnx:int8,flow=torch,vocoder=onnx")

@@ -7,7 +7,7 @@ import gradio as gr
 from ...download import MODELS
 from ..handlers import Studio
 from ..models_admin import ModelAdmin
-from .common import PRECISIONS, PRIVATE, Shared
+from .common import EXPORT_CHOICES, PRIVATE, Shared
 
 
 def build(studio: Studio, shared: Shared):
@@ -24,7 +24,7 @@ def build(studio: Studio, shared: Shared):
         with gr.Column():
             gr.Markdown("### Export to ONNX\nWrites `<model>/onnx` with a manifest, then measures parity against "
                         "PyTorch. fp32 is always exported (the other precisions derive from it).")
-            precisions = gr.CheckboxGroup(PRECISIONS, value=["fp32"], label="Precisions")
+            precisions = gr.CheckboxGroup(EXPORT_CHOICES, value=["fp32"], label="Precisions")
             parity = gr.Checkbox(value=True, label="Measure parity after export")
             export = gr.Button("Export", elem_id="export-button")
             export_log = gr.Markdown(label="Export log")

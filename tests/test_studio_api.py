@@ -30,10 +30,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(model_dir, data_dir):
+def launch(model_dir, data_dir, **settings):
     from cosyvoice_onnx.studio import Studio, StudioSettings, build_app, launch_options
 
-    studio = Studio(StudioSettings(model_dir=model_dir, data_dir=data_dir, stream_player=None))
+    # The models' parent is allowed explicitly: the studio opens only --model, its folders and --allow-dir.
+    studio = Studio(StudioSettings(model_dir=model_dir, data_dir=data_dir, stream_player=None,
+                                   allow_dirs=[model_dir.parent], **settings))
     demo = build_app(studio)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **launch_options(studio))
@@ -54,7 +56,7 @@ def assert_speech(path):
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dir, tmp_path_factory):
-    """Copies of the tiny model in one parent folder (the studio may open its --model's siblings)."""
+    """Copies of the tiny model in one parent folder (allowed with allow_dirs, as `--allow-dir` would)."""
     import torch
 
     torch.set_num_threads(1)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import inspect
+import logging
+import math
 import random
 import threading
 import time
@@ -23,44 +26,93 @@ from ..errors import CosyVoiceError, InputError
 from ..prompts import preset_instruction
 from ..voices import VoiceStore, validate_name
 from .history import History
-from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output
+from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output, upload_error
 from .settings import StudioSettings, check_model_folder
-from .state import EngineCache
+from .state import EngineCache, backend_key
+
+log = logging.getLogger(__name__)
 
 MAX_SEED = 2**31 - 1
 PROMPT_CACHE_SIZE = 8
 HISTORY_COLUMNS = ["id", "created", "mode", "seconds", "text", "backend", "seed", "voice"]
 
 
-def user_errors(fn):
-    """Engine errors become gr.Error with the engine's own message; the server keeps serving."""
-    def convert(exc: CosyVoiceError) -> gr.Error:
-        return gr.Error(str(exc), print_exception=False)
+def user_message(exc: BaseException) -> str:
+    """One line for the page: what went wrong and what to do; no traceback, no server path, never empty."""
+    if isinstance(exc, CosyVoiceError):
+        return str(exc) or f"the request was refused ({type(exc).__name__}); check the inputs and try again"
+    if isinstance(exc, MemoryError):
+        return ("the server ran out of memory for this request: try a shorter text, an ONNX fp16/int8 backend, or "
+                "fewer engines at once (A/B loads two); the studio keeps serving")
+    if isinstance(exc, OSError):
+        # Only the file's own name: the folders it lies in are the server's business.
+        name = f" {Path(exc.filename).name!r}" if exc.filename else ""
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return (f"the studio may not write{name}: the folder is read-only for the user running it; make it "
+                    "writable, or ask whoever runs the studio for a writable folder")
+        if exc.errno == errno.ENOSPC:
+            return f"the server's disk is full while writing{name}; free some space and try again"
+        return f"a file operation failed{name}: {exc.strerror or type(exc).__name__}; try again"
+    return f"unexpected error ({type(exc).__name__}); the details are in the server's log"
 
+
+def _to_gradio(exc: Exception) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if not isinstance(exc, CosyVoiceError):
+        log.error("request failed", exc_info=exc)
+    return gr.Error(user_message(exc), print_exception=False)
+
+
+def user_errors(fn):
+    """Every failure becomes gr.Error with a one-line message (user_message); the server keeps serving."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def generator(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except CosyVoiceError as exc:
-                raise convert(exc) from exc
+            except Exception as exc:   # noqa: BLE001 - the page gets one line, the log the traceback
+                raise _to_gradio(exc) from exc
         return generator
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except CosyVoiceError as exc:
-            raise convert(exc) from exc
+        except Exception as exc:   # noqa: BLE001 - the page gets one line, the log the traceback
+            raise _to_gradio(exc) from exc
     return call
+
+
+def parse_seed(value) -> int:
+    """A seed from the page or an API client: a whole number in 0 .. MAX_SEED."""
+    try:
+        number = float(str(value).strip()) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not math.isfinite(number) or number != int(number) or not 0 <= number <= MAX_SEED:
+        raise InputError(f"the seed {value!r} is not a whole number from 0 to {MAX_SEED}; "
+                         "type one, or press Random")
+    return int(number)
+
+
+def checked_spec(spec: str, where: str) -> str:
+    """A backend spec as typed, refused with an example when it does not parse."""
+    try:
+        backend_key(spec)
+    except (CosyVoiceError, ValueError) as exc:
+        detail = str(exc) if isinstance(exc, CosyVoiceError) else "each part must look like stage=backend[:precision]"
+        raise InputError(f"{where} {spec!r} is not a backend spec: {detail}. Write e.g. onnx:int8 or "
+                         "lm=onnx:int8,flow=torch,vocoder=onnx") from exc
+    return spec
 
 
 def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> str:
     """The engine's backend string from the three selectors; a per-stage spec wins when given."""
     if stages and stages.strip():
-        return stages.strip()
+        return checked_spec(stages.strip(), "the per-stage box's")
     backend = (backend or "torch").strip()
-    return backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}"
+    return checked_spec(backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}", "the backend")
 
 
 def check_text(text: str) -> str:
@@ -87,7 +139,7 @@ class Studio:
 
     def __init__(self, settings: StudioSettings, cache: EngineCache | None = None):
         self.settings = settings
-        self.cache = cache or EngineCache()
+        self.cache = cache or EngineCache(lock=settings.engine_lock)
         self.history = History(settings.history_dir)
         settings.voices_dir.mkdir(parents=True, exist_ok=True)
         self.stream_player = ffmpeg_available() if settings.stream_player is None else settings.stream_player
@@ -109,7 +161,7 @@ class Studio:
 
     def _checked(self, model_dir: str, text: str, seed) -> tuple[Path, str, int]:
         """The request's model folder, text and seed, checked before any model is loaded."""
-        return self.model_folder(model_dir), check_text(text), int(seed)
+        return self.model_folder(model_dir), check_text(text), parse_seed(seed)
 
     def _voice(self, engine, audio_path, saved_voice: str, transcript: str, what: str = "prompt audio"):
         """(PromptFeatures with `transcript`, label): a saved voice when one is named, else the uploaded clip."""
@@ -128,7 +180,10 @@ class Studio:
         with self._prompts_lock:
             voice = self._prompts.get(key)
         if voice is None:
-            voice = engine.prompt_from_audio(data, transcript)
+            try:
+                voice = engine.prompt_from_audio(data, transcript)
+            except InputError as exc:
+                raise upload_error(exc, what, audio_path) from exc
             with self._prompts_lock:
                 self._prompts[key] = voice
                 while len(self._prompts) > PROMPT_CACHE_SIZE:
@@ -232,7 +287,8 @@ class Studio:
             raise InputError(f"the emotion weight {weight} is outside 0 .. 1")
         progress(0, desc="loading the model")
         with self.cache.use(model, spec) as engine:
-            timbre, timbre_label = self._voice(engine, prompt_audio, saved_voice, transcript)
+            timbre, timbre_label = self._voice(engine, prompt_audio, saved_voice, transcript,
+                                               what="timbre clip (the voice panel)")
             emotion, emotion_label = self._voice(engine, emotion_audio, emotion_voice, emotion_transcript,
                                                  what="emotion clip")
             audio, info, elapsed = self._synthesize(engine, text, progress, timbre=timbre, emotion=emotion,
@@ -273,7 +329,8 @@ class Studio:
            model_dir: str = "", progress=gr.Progress()):
         """The same request on two backends from the same seed, plus stage-by-stage parity figures."""
         model, text, seed = self._checked(model_dir, text, seed)
-        specs = [(backend_a or "torch").strip(), (backend_b or "torch").strip()]
+        specs = [checked_spec((spec or "torch").strip(), f"backend {side}")
+                 for side, spec in (("A", backend_a), ("B", backend_b))]
         progress(0, desc=f"loading {specs[0]} and {specs[1]}")
         entries = [self.cache.get(model, spec) for spec in specs]
         locks = list({id(lock): lock for _, lock in entries}.values())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -19,13 +20,16 @@ def backend_key(spec: str) -> str:
 class EngineCache:
     """At most `capacity` engines (A/B needs two); the least recently used one is dropped first.
 
-    `use()` also serialises work per engine: a CosyVoice object keeps per-request state in its stages.
+    With `lock` (the default, `--no-engine-lock` turns it off), `use()` also makes requests take turns on one
+    engine, for engines that keep per-request state in their stages; requests on different engines still run
+    side by side up to the studio's concurrency.
     """
 
-    def __init__(self, capacity: int = 2, loader=None):
+    def __init__(self, capacity: int = 2, loader=None, lock: bool = True):
         self.capacity = capacity
+        self.lock = lock
         self._loader = loader or _load_engine
-        self._engines: OrderedDict[tuple[str, str], tuple[object, threading.Lock]] = OrderedDict()
+        self._engines: OrderedDict[tuple[str, str], tuple[object, contextlib.AbstractContextManager]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, model_dir: Path, backend: str):
@@ -35,7 +39,7 @@ class EngineCache:
                 self._engines.move_to_end(key)
                 return self._engines[key]
             # Loading under the lock: two requests for a new engine must not load it twice (GBs of weights).
-            entry = (self._loader(key[0], backend), threading.Lock())
+            entry = (self._loader(key[0], backend), threading.Lock() if self.lock else contextlib.nullcontext())
             self._engines[key] = entry
             while len(self._engines) > self.capacity:
                 self._engines.popitem(last=False)

@@ -108,7 +108,8 @@ def build_text_panel() -> dict:
             button.click(None, text, text, js=insert_tag_js(f"#{TEXT_ID} textarea", opening, closing), **PRIVATE)
     with gr.Accordion("Pinyin helper (polyphonic characters)", open=False):
         gr.Markdown("Find characters with several readings, pick the one you mean, and it is written into the "
-                    "text as CosyVoice3 pinyin tokens, e.g. 给 → `[j][ǐ]`.")
+                    "text as CosyVoice3 pinyin tokens, e.g. 给 → `[j][ǐ]`. Positions count from 0, "
+                    "as in `cosyvoice-onnx pronounce` and `--reading`.")
         with gr.Row():
             find = gr.Button("Find polyphones", size="sm")
             character = gr.Dropdown(label="Character", choices=[], scale=2, allow_custom_value=True)

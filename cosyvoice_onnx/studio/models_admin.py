@@ -78,7 +78,7 @@ class ModelAdmin:
         return f"downloaded **{name}** to `{path}`", str(path)
 
     @user_errors
-    def make_tiny(self, progress=gr.Progress()) -> tuple[str, object]:
+    def make_tiny(self, progress=gr.Progress()) -> tuple[str, str]:
         """The tiny synthetic model in the models folder (random weights: it speaks noise), selected at once."""
         from ..tools.tiny import make_tiny_model
 
@@ -87,7 +87,7 @@ class ModelAdmin:
             progress(0, desc="writing the tiny test model")
             make_tiny_model(out)
         return (f"tiny test model ready as `{TINY_MODEL}` (random weights: it speaks noise)",
-                gr.Dropdown(choices=known_models(self.studio), value=str(out)))
+                str(out))
 
     @user_errors
     def export(self, model_dir: str = "", precisions: list[str] | None = None, parity: bool = True,
@@ -108,8 +108,8 @@ class ModelAdmin:
         try:
             out = export_model(path, None, precisions=wanted, parity=bool(parity), progress=report)
         except OSError as exc:
-            raise InputError(f"cannot write the ONNX export into the model folder: {user_message(exc)}; or "
-                             "export on the server with `cosyvoice-onnx export --model DIR --out WRITABLE_DIR`") from exc
+            raise InputError(f"cannot write the ONNX export into the model folder: {user_message(exc)}; or export "
+                             "on the server with `cosyvoice-onnx export --model DIR --out WRITABLE_DIR`") from exc
         self.studio.cache.forget(path)  # engines opened on the old export must reload the new files
         return f"### Export written to `{out}`\n\n```\n" + "\n".join(log) + "\n```"
 

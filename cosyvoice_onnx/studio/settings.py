@@ -26,7 +26,7 @@ class StudioSettings:
     allow_dirs: list[Path] = field(default_factory=list)   # more folders model paths may lie under
     stream_player: bool | None = None          # None: decide from whether ffmpeg is installed
     concurrency: int = 0                       # requests running at once; 0: default_concurrency()
-    max_queue: int = 0                         # requests waiting; 0: 16 per running request
+    max_queue: int = 0                         # requests waiting; 0: 16 per running request, at least 64
     engine_lock: bool = True                   # one request at a time per loaded engine
     cache_seconds: int = 600                   # Gradio's files (uploads, results) older than this are deleted
 
@@ -36,7 +36,7 @@ class StudioSettings:
         self.model_dir = Path(self.model_dir).expanduser().resolve() if self.model_dir else None
         self.allow_dirs = [Path(p).expanduser().resolve() for p in self.allow_dirs]
         self.concurrency = self.concurrency or default_concurrency()
-        self.max_queue = self.max_queue or 16 * self.concurrency
+        self.max_queue = self.max_queue or max(64, 16 * self.concurrency)
         if self.concurrency < 1 or self.max_queue < 1 or self.cache_seconds < 1:
             raise InputError("concurrency, queue size and cache seconds must be at least 1")
 

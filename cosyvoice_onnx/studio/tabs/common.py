@@ -121,7 +121,9 @@ def build_text_panel() -> dict:
         apply.click(apply_pinyin, [text, character, reading], text, api_name="apply_pinyin").then(
             lambda t: gr.Dropdown(choices=polyphone_choices(t), value=None), text, character, **PRIVATE)
     with gr.Row(equal_height=True):
-        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=3)
+        # No precision or bounds here: Gradio would fail on NaN or text before the handler, with a raw message;
+        # parse_seed checks the value and says what a seed must be.
+        seed = gr.Number(value=0, label="Seed", scale=3, info=f"a whole number, 0 to {MAX_SEED}")
         dice = gr.Button("Random", size="sm", scale=0, min_width=70)
         join = gr.Dropdown(JOINS, value="none", label="Sentence joins", scale=2,
                            info="none = official concatenation")

@@ -25,7 +25,8 @@ def add_studio_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=0, metavar="N",
                    help="requests that run at once (default: one per 4 CPU cores, at least 1)")
     p.add_argument("--max-queue", type=int, default=0, metavar="N",
-                   help="requests that may wait; more are refused with 'queue is full' (default: 16 per running request, at least 64)")
+                   help="requests that may wait; more are refused with 'queue is full' "
+                        "(default: 16 per running request, at least 64)")
     p.add_argument("--no-engine-lock", dest="engine_lock", action="store_false",
                    help="let concurrent requests share one loaded engine instead of taking turns")
     p.add_argument("--cache-minutes", type=float, default=10,

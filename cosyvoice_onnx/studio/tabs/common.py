@@ -20,7 +20,8 @@ AB_BACKENDS = ["torch", "onnx", "onnx:fp16", "onnx:int8", "lm=onnx:int8,flow=tor
 # Every release's preset names; the instruction is filled in the chosen model's own wording (prompts.py).
 PRESET_CHOICES = list(dict.fromkeys((f"{group}: {key}", f"{group}:{key}") for presets in INSTRUCT_PRESETS.values()
                                     for group, items in presets.items() for key in items))
-PRIVATE = {"api_visibility": "private", "queue": False}
+# UI glue: not in the API, not queued, and quick, so no progress bar of its own beside the action's one.
+PRIVATE = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
 
 @dataclass

@@ -28,7 +28,7 @@ from ..voices import VoiceStore, validate_name
 from .history import History
 from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output, upload_error
 from .settings import StudioSettings, check_model_folder
-from .state import EngineCache, backend_key
+from .state import EngineCache, checked_spec
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,6 @@ def parse_seed(value) -> int:
         raise InputError(f"the seed {value!r} is not a whole number from 0 to {MAX_SEED}; "
                          "type one, or press Random")
     return int(number)
-
-
-def checked_spec(spec: str, where: str) -> str:
-    """A backend spec as typed, refused with an example when it does not parse."""
-    try:
-        backend_key(spec)
-    except (CosyVoiceError, ValueError) as exc:
-        detail = str(exc) if isinstance(exc, CosyVoiceError) else "each part must look like stage=backend[:precision]"
-        raise InputError(f"{where} {spec!r} is not a backend spec: {detail}. Write e.g. onnx:int8 or "
-                         "lm=onnx:int8,flow=torch,vocoder=onnx") from exc
-    return spec
 
 
 def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> str:

@@ -25,14 +25,14 @@ def serve(args: argparse.Namespace) -> int:
     auth = parse_auth(args.auth)
     check_exposure(args)
     check_numbers(args)
-    from ..backends import parse_backend
     from ..errors import CosyVoiceError
     from .media import provide_ffmpeg
+    from .state import checked_spec
 
     try:
-        parse_backend(args.backend)
-    except (CosyVoiceError, ValueError) as exc:
-        raise SystemExit(f"error: --backend: {exc}") from exc
+        checked_spec(args.backend, "--backend")
+    except CosyVoiceError as exc:
+        raise SystemExit(f"error: {exc}") from exc
     if args.model is not None and not args.model.is_dir():
         print(f"warning: model folder {args.model} does not exist; the Models tab can download one", file=sys.stderr)
     ffmpeg = provide_ffmpeg()

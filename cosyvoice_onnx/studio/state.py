@@ -9,12 +9,24 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..backends import parse_backend
+from ..errors import CosyVoiceError, InputError
 
 
 def backend_key(spec: str) -> str:
     """A canonical spelling, so `onnx:int8` and `lm=onnx:int8,flow=onnx,vocoder=onnx` share one engine."""
     choices = parse_backend(spec)
     return ",".join(f"{stage}={choice}" for stage, choice in choices.items())
+
+
+def checked_spec(spec: str, where: str) -> str:
+    """A backend spec as typed, refused with an example when it does not parse."""
+    try:
+        backend_key(spec)
+    except (CosyVoiceError, ValueError) as exc:
+        detail = str(exc) if isinstance(exc, CosyVoiceError) else "each part must look like stage=backend[:precision]"
+        raise InputError(f"{where} {spec!r} is not a backend spec: {detail}. Write e.g. onnx:int8 or "
+                         "lm=onnx:int8,flow=torch,vocoder=onnx") from exc
+    return spec
 
 
 class EngineCache:

@@ -1,7 +1,7 @@
 """Many sequential requests against a studio started by `cosyvoice-onnx studio`: the file cache stays bounded.
 
-40 requests by default (a minute on the tiny model); STUDIO_SOAK_REQUESTS=500 runs a longer soak. The server's
-memory (RSS) is printed per stage, so a longer run shows whether it levels off.
+40 requests by default (a minute on the tiny model); STUDIO_SOAK_REQUESTS=500 runs a longer soak, which also
+checks that the server's memory (RSS, printed as it goes) levels off.
 """
 
 import os
@@ -89,3 +89,8 @@ def test_cache_stays_bounded_over_many_requests(studio, prompt_wav):
     assert max(per_request) > 10_000
     # ... and a cleanup leaves at most the few files still in use (the uploaded prompt), not one per request.
     assert left < 3 * max(per_request) and left < grown / 4
+    if REQUESTS >= 200:
+        # Memory levels off once the allocator hands freed blocks back (memory.py): measured 0.1 MB per request
+        # over requests 100-200 with it, 0.5 without. Too noisy to judge over the suite's 40 requests.
+        half = min(rss, key=lambda n: abs(n - REQUESTS // 2))
+        assert (rss[REQUESTS] - rss[half]) / (REQUESTS - half) < 0.3, rss

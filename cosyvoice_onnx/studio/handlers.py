@@ -27,6 +27,7 @@ from ..prompts import preset_instruction
 from ..voices import VoiceStore, validate_name
 from .history import History
 from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output, upload_error
+from .memory import release_freed_memory
 from .settings import StudioSettings, check_model_folder
 from .state import EngineCache, checked_spec
 
@@ -192,7 +193,9 @@ class Studio:
         return audio, info, time.perf_counter() - start
 
     def _keep(self, audio, rate, mode: str, text: str, spec: str, seed: int, voice: str, extra: str = ""):
-        return self.history.add(audio, rate, mode=mode, text=text, backend=spec, seed=seed, voice=voice, extra=extra)
+        clip = self.history.add(audio, rate, mode=mode, text=text, backend=spec, seed=seed, voice=voice, extra=extra)
+        release_freed_memory()   # the request's temporaries are gone by now
+        return clip
 
     @staticmethod
     def _summary(mode: str, seconds: float, elapsed: float, spec: str, seed: int, voice: str, info=None,

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,6 +317,27 @@ def test_the_tiny_model_button_works_offline(client, server):
     assert "random weights" in message and "noise" in message
     assert folder == str(server[1].settings.models_dir / "tiny-test-model")
     assert "CosyVoice3" in client.predict(folder, api_name="/model_status")
+
+
+def test_fifty_waiting_clients_are_queued_and_told_their_place(client, server, monkeypatch):
+    from gradio_client.utils import Status
+
+    gate, history = threading.Event(), server[1].history
+    real_clips = history.clips
+    monkeypatch.setattr(history, "clips", lambda: gate.wait(120) and real_clips())  # the first request holds
+    jobs = [client.submit(api_name="/history") for _ in range(50)]
+    ranks = []
+    for _ in range(600):
+        # Each waiting client learns how many requests are ahead of it (the page shows it as "queue: 31/49").
+        ranks = [state.rank for state in (job.status() for job in jobs)
+                 if state.code == Status.IN_QUEUE and state.rank is not None]
+        if max(ranks, default=0) >= 30:
+            break
+        time.sleep(0.1)
+    gate.set()
+    assert max(ranks, default=0) >= 30, ranks
+    for job in jobs:
+        assert "data" in job.result(timeout=120)   # none refused with "Queue is full"
 
 
 def test_download_offline_says_so(client):

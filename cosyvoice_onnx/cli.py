@@ -145,6 +145,12 @@ def _cmd_parity(args) -> int:
     return 0
 
 
+def _cmd_studio(args) -> int:
+    from .studio.serve import serve  # Gradio loads only for this command
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cosyvoice-onnx", description=__doc__,
                 epilog="exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()))
@@ -215,6 +221,10 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="check a model folder and print what it holds")
     i.add_argument("--model", required=True, type=Path)
     i.set_defaults(func=_cmd_info)
+    from .studio.options import add_studio_arguments
+
+    g = add_studio_arguments(sub.add_parser("studio", help="serve the Gradio studio (same options as app.py)"))
+    g.set_defaults(func=_cmd_studio)
     from .tools.bench import add_bench_command
 
     add_bench_command(sub)

@@ -1,8 +1,14 @@
 """The studio served on 127.0.0.1 and driven through gradio_client: every tab's endpoint, bad input, restarts."""
 
+import argparse
 import os
 import shutil
 import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +27,7 @@ TEXT = "Hello there, this is the studio speaking."
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 ENDPOINTS = {"/zero_shot", "/instruct", "/mix", "/duration", "/ab", "/model_status", "/download", "/export",
+             "/make_tiny_model",
              "/save_voice", "/delete_voice", "/voices", "/history", "/history_clip", "/delete_clip", "/apply_pinyin"}
 
 
@@ -30,10 +37,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(model_dir, data_dir):
+def launch(model_dir, data_dir, **settings):
     from cosyvoice_onnx.studio import Studio, StudioSettings, build_app, launch_options
 
-    studio = Studio(StudioSettings(model_dir=model_dir, data_dir=data_dir, stream_player=None))
+    # The models' parent is allowed explicitly: the studio opens only --model, its folders and --allow-dir.
+    studio = Studio(StudioSettings(model_dir=model_dir, data_dir=data_dir, stream_player=None,
+                                   models_dir=data_dir / "models", allow_dirs=[model_dir.parent], **settings))
     demo = build_app(studio)
     _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
                             **launch_options(studio))
@@ -54,7 +63,7 @@ def assert_speech(path):
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dir, tmp_path_factory):
-    """Copies of the tiny model in one parent folder (the studio may open its --model's siblings)."""
+    """Copies of the tiny model in one parent folder (allowed with allow_dirs, as `--allow-dir` would)."""
     import torch
 
     torch.set_num_threads(1)
@@ -249,6 +258,88 @@ def test_bad_input_gives_a_clear_message_and_the_server_keeps_serving(client, cl
         assert_speech(result)
 
 
+def test_malformed_input_names_what_was_wrong(client, clips, prompt_wav, server):
+    cases = [
+        ({"stages": "lm=onnx,,flow"}, "per-stage box's 'lm=onnx,,flow' is not a backend spec.*lm=onnx:int8"),
+        ({"stages": "lm=onnx:int9"}, "per-stage box's.*unknown precision 'int9'"),
+        ({"seed": "NaN"}, "seed 'NaN' is not a whole number from 0 to"),
+        ({"seed": None}, "seed None is not a whole number"),
+        ({"seed": "abc"}, "seed 'abc' is not a whole number"),
+        ({"seed": -1}, "seed -1 is not a whole number"),
+        ({"seed": 2.5}, "seed 2.5 is not a whole number"),
+        ({"prompt": clips["corrupt"]}, r"prompt audio 'corrupt\.wav': cannot read"),
+    ]
+    for change, message in cases:
+        kwargs = {"prompt": prompt_wav, **change}
+        with pytest.raises(AppError, match=message) as caught:
+            zero_shot(client, kwargs.pop("prompt"), **kwargs)
+        assert "BytesIO" not in str(caught.value) and "Errno" not in str(caught.value)
+    with pytest.raises(AppError, match="backend B 'lm=onnx,,flow' is not a backend spec"):
+        client.predict(TEXT, handle_file(str(prompt_wav)), TRANSCRIPT, "", 1, "torch", "lm=onnx,,flow", False,
+                       api_name="/ab")
+    # The mix tab says which of its two clips could not be read.
+    with pytest.raises(AppError, match=r"emotion clip 'notes\.txt': cannot read"):
+        client.predict(TEXT, handle_file(str(prompt_wav)), TRANSCRIPT, "", handle_file(str(clips["not_audio"])),
+                       "An emotional clip.", "", 0.5, 7, api_name="/mix")
+    with pytest.raises(AppError, match=r"timbre clip \(the voice panel\) 'corrupt\.wav'"):
+        client.predict(TEXT, handle_file(str(clips["corrupt"])), TRANSCRIPT, "", handle_file(str(prompt_wav)),
+                       "An emotional clip.", "", 0.5, 7, api_name="/mix")
+    # Refused folders do not tell a remote client where the server keeps its files.
+    with pytest.raises(AppError, match="outside the folders this studio may open.*--allow-dir") as caught:
+        zero_shot(client, prompt_wav, model_dir="/etc")
+    assert str(server[2]) not in str(caught.value) and str(server[1].settings.models_dir) not in str(caught.value)
+
+
+def test_server_failures_become_one_clear_line(client, server, exported, prompt_wav, monkeypatch):
+    import cosyvoice_onnx.export.exporter as exporter
+    from cosyvoice_onnx.studio.handlers import Studio
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", "/srv/secret/models/main/onnx")
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(exporter, "export_model", read_only)
+    with pytest.raises(AppError, match="cannot write the ONNX export.*read-only.*--out") as caught:
+        client.predict(str(exported), ["fp32"], False, api_name="/export")
+    assert "/srv/secret" not in str(caught.value) and "Errno" not in str(caught.value)
+    monkeypatch.setattr(Studio, "_synthesize", out_of_memory)
+    with pytest.raises(AppError, match="ran out of memory.*shorter text"):
+        zero_shot(client, prompt_wav)
+    monkeypatch.undo()
+    _, result, _ = zero_shot(client, prompt_wav, text="Still here.")
+    assert_speech(result)
+
+
+def test_the_tiny_model_button_works_offline(client, server):
+    message, folder = client.predict(api_name="/make_tiny_model")
+    assert "random weights" in message and "noise" in message
+    assert folder == str(server[1].settings.models_dir / "tiny-test-model")
+    assert "CosyVoice3" in client.predict(folder, api_name="/model_status")
+
+
+def test_fifty_waiting_clients_are_queued_and_told_their_place(client, server, monkeypatch):
+    from gradio_client.utils import Status
+
+    gate, history = threading.Event(), server[1].history
+    real_clips = history.clips
+    monkeypatch.setattr(history, "clips", lambda: gate.wait(120) and real_clips())  # the first request holds
+    jobs = [client.submit(api_name="/history") for _ in range(50)]
+    ranks = []
+    for _ in range(600):
+        # Each waiting client learns how many requests are ahead of it (the page shows it as "queue: 31/49").
+        ranks = [state.rank for state in (job.status() for job in jobs)
+                 if state.code == Status.IN_QUEUE and state.rank is not None]
+        if max(ranks, default=0) >= 30:
+            break
+        time.sleep(0.1)
+    gate.set()
+    assert max(ranks, default=0) >= 30, ranks
+    for job in jobs:
+        assert "data" in job.result(timeout=120)   # none refused with "Queue is full"
+
+
 def test_download_offline_says_so(client):
     if os.environ.get("HF_HUB_OFFLINE") != "1":
         pytest.skip("HF_HUB_OFFLINE is not set: this test must never start a real download")
@@ -264,6 +355,105 @@ def test_pinyin_helper_writes_cv3_tokens(client):
 
 
 # ---------------------------------------------------------------- plain handlers, no server
+
+
+def test_allowed_folders_are_exactly_model_models_data_and_allow_dir(tmp_path, monkeypatch):
+    from cosyvoice_onnx.errors import InputError
+    from cosyvoice_onnx.studio.settings import StudioSettings, check_model_folder
+
+    for name in ("model", "sibling", "extra", "work"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    settings = StudioSettings(model_dir=tmp_path / "model", data_dir=tmp_path / "data",
+                              models_dir=tmp_path / "models")
+    assert check_model_folder(str(tmp_path / "model"), settings) == tmp_path / "model"
+    # Neither the --model folder's parent (for --model /model that is "/") nor the working directory.
+    for refused in ("sibling", "work", "."):
+        with pytest.raises(InputError, match="outside the folders"):
+            check_model_folder(str(tmp_path / refused), settings)
+    with pytest.raises(InputError, match="outside the folders"):
+        check_model_folder("/", StudioSettings(model_dir=Path("/model"), data_dir=tmp_path, models_dir=tmp_path))
+    allowed = StudioSettings(model_dir=tmp_path / "model", data_dir=tmp_path / "data", models_dir=tmp_path / "m",
+                             allow_dirs=[tmp_path / "extra"])
+    assert check_model_folder(str(tmp_path / "extra"), allowed) == tmp_path / "extra"
+
+
+@pytest.mark.parametrize("exposure", [["--host", "0.0.0.0"], ["--share"]])
+def test_exposed_without_auth_is_refused_unless_insecure(exposure, tmp_path):
+    from cosyvoice_onnx.studio.options import add_studio_arguments, check_exposure
+
+    parser = add_studio_arguments(argparse.ArgumentParser())
+    with pytest.raises(SystemExit, match="without --auth.*--insecure"):
+        check_exposure(parser.parse_args(exposure))
+    check_exposure(parser.parse_args([*exposure, "--auth", "me:secret"]))
+    check_exposure(parser.parse_args([*exposure, "--insecure"]))
+    run = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "studio", *exposure, "--data-dir",
+                          str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "--insecure" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_studio_command_parses_without_importing_gradio():
+    code = ("import sys; from cosyvoice_onnx.cli import build_parser; "
+            "a = build_parser().parse_args(['studio', '--concurrency', '3', '--max-queue', '9', '--allow-dir', 'x']);"
+            "assert (a.concurrency, a.max_queue, a.allow_dir[0].name) == (3, 9, 'x'), a;"
+            "assert 'gradio' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_queue_and_concurrency_come_from_the_settings(tiny_model_dir, tmp_path):
+    from cosyvoice_onnx.studio import Studio, StudioSettings, build_app
+    from cosyvoice_onnx.studio.settings import default_concurrency
+
+    studio = Studio(StudioSettings(model_dir=tiny_model_dir, data_dir=tmp_path, concurrency=3, max_queue=9))
+    demo = build_app(studio)
+    assert (demo._queue.max_size, demo._queue.default_concurrency_limit) == (9, 3)
+    settings = StudioSettings(data_dir=tmp_path)
+    assert settings.concurrency == default_concurrency() >= 1 and settings.max_queue >= 64
+
+
+@pytest.mark.parametrize("lock", [True, False])
+def test_engine_lock_is_a_setting(tmp_path, lock):
+    from cosyvoice_onnx.studio.state import EngineCache
+
+    cache = EngineCache(loader=lambda model, spec: object(), lock=lock)
+    inside = threading.Barrier(2, timeout=10)
+    outcomes = []
+
+    def request():
+        with cache.use(tmp_path, "torch"):
+            try:
+                inside.wait()   # both requests inside one engine at once: only without the lock
+                outcomes.append("together")
+            except threading.BrokenBarrierError:
+                outcomes.append("alone")
+
+    threads = [threading.Thread(target=request) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert set(outcomes) == ({"alone"} if lock else {"together"})
+
+
+def test_ffmpeg_from_pip_is_put_where_gradio_finds_it(tmp_path, monkeypatch):
+    pytest.importorskip("imageio_ffmpeg")
+    from cosyvoice_onnx.studio.media import ffmpeg_available, provide_ffmpeg
+
+    monkeypatch.setenv("PATH", str(tmp_path))   # no system ffmpeg
+    assert not ffmpeg_available()
+    found = provide_ffmpeg()
+    assert found and Path(found).name == "ffmpeg" and ffmpeg_available()
+    assert "ffmpeg version" in subprocess.run([found, "-version"], capture_output=True, text=True).stdout
+
+
+def test_pinyin_positions_count_from_zero():
+    from cosyvoice_onnx.pronunciation import polyphones
+    from cosyvoice_onnx.studio.text_tools import polyphone_choices
+
+    text = "对报道给予好评"
+    choices = dict((value, label) for label, value in polyphone_choices(text))
+    index = next(p.index for p in polyphones(text) if p.char == "给")
+    assert index == 3 and choices["3"].startswith("给 at position 3")
 
 
 def test_engine_cache_shares_equivalent_specs_and_drops_the_oldest(tmp_path):

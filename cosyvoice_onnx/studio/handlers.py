@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import functools
 import hashlib
 import inspect
+import logging
+import math
 import random
 import threading
 import time
@@ -18,53 +21,104 @@ import gradio as gr
 import numpy as np
 
 from ..releases import detect_version
-from ..request import SynthesisRequest, SynthesisResult, check_text
+from ..request import MAX_SEED, SynthesisRequest, SynthesisResult, check_text
 from ..errors import CosyVoiceError, InputError
 from ..plan import ExecutionPlan
 from ..prompts import preset_instruction
 from ..voices import VoiceStore, validate_name
 from .history import History
-from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output
+from .media import ffmpeg_available, prompt_length_warning, read_upload, to_output, upload_error
+from .memory import release_freed_memory
 from .settings import StudioSettings, check_model_folder
-from .state import EngineCache
+from .state import EngineCache, checked_spec
 
-MAX_SEED = 2**31 - 1
+log = logging.getLogger(__name__)
+
 PROMPT_CACHE_SIZE = 8
 HISTORY_COLUMNS = ["id", "created", "mode", "seconds", "text", "backend", "seed", "voice"]
 
 
-def user_errors(fn):
-    """Engine errors become gr.Error with the engine's own message; the server keeps serving."""
-    def convert(exc: CosyVoiceError) -> gr.Error:
-        return gr.Error(str(exc), print_exception=False)
+def user_message(exc: BaseException) -> str:
+    """One line for the page: what went wrong and what to do; no traceback, no server path, never empty."""
+    if isinstance(exc, CosyVoiceError):
+        return str(exc) or f"the request was refused ({type(exc).__name__}); check the inputs and try again"
+    if isinstance(exc, MemoryError):
+        return ("the server ran out of memory for this request: try a shorter text, an ONNX fp16/int8 backend, or "
+                "fewer engines at once (A/B loads two); the studio keeps serving")
+    if isinstance(exc, OSError):
+        # Only the file's own name: the folders it lies in are the server's business.
+        name = f" {Path(exc.filename).name!r}" if exc.filename else ""
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return (f"the studio may not write{name}: the folder is read-only for the user running it; make it "
+                    "writable, or ask whoever runs the studio for a writable folder")
+        if exc.errno == errno.ENOSPC:
+            return f"the server's disk is full while writing{name}; free some space and try again"
+        return f"a file operation failed{name}: {exc.strerror or type(exc).__name__}; try again"
+    return f"unexpected error ({type(exc).__name__}); the details are in the server's log"
 
+
+def _to_gradio(exc: Exception) -> gr.Error:
+    if isinstance(exc, gr.Error):
+        return exc
+    if not isinstance(exc, CosyVoiceError):
+        log.error("request failed", exc_info=exc)
+    return gr.Error(user_message(exc), print_exception=False)
+
+
+def user_errors(fn):
+    """Every failure becomes gr.Error with a one-line message (user_message); the server keeps serving."""
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def generator(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
-            except CosyVoiceError as exc:
-                raise convert(exc) from exc
+            except Exception as exc:   # noqa: BLE001 - the page gets one line, the log the traceback
+                raise _to_gradio(exc) from exc
         return generator
 
     @functools.wraps(fn)
     def call(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except CosyVoiceError as exc:
-            raise convert(exc) from exc
+        except Exception as exc:   # noqa: BLE001 - the page gets one line, the log the traceback
+            raise _to_gradio(exc) from exc
     return call
+
+
+def parse_seed(value) -> int:
+    """A seed from the page or an API client: a whole number in 0 .. MAX_SEED (text, int or a whole float)."""
+    number = None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        number = int(value)
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                as_float = float(text)
+                number = int(as_float) if math.isfinite(as_float) and as_float.is_integer() else None
+            except ValueError:
+                number = None
+    if number is None or not 0 <= number <= MAX_SEED:
+        raise InputError(f"the seed {value!r} is not a whole number from 0 to {MAX_SEED}; "
+                         "type one, or press Random")
+    return number
 
 
 def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> ExecutionPlan:
     """The execution plan the three header selectors make; a per-stage spec wins when given."""
     if stages and stages.strip():
-        return ExecutionPlan.parse(stages)
-    return ExecutionPlan.everywhere((backend or "torch").strip(), (precision or "fp32").strip())
+        return checked_spec(stages.strip(), "the per-stage box's")
+    backend = (backend or "torch").strip()
+    return checked_spec(backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}", "the backend")
 
 
 def random_seed() -> int:
-    return random.randint(0, MAX_SEED)
+    # Kept below 2**31: the page's number box is a JavaScript double, exact only up to 2**53.
+    return random.randint(0, 2**31 - 1)
 
 
 def _progress_callback(progress):
@@ -79,7 +133,7 @@ class Studio:
 
     def __init__(self, settings: StudioSettings, cache: EngineCache | None = None):
         self.settings = settings
-        self.cache = cache or EngineCache()
+        self.cache = cache or EngineCache(lock=settings.engine_lock)
         self.history = History(settings.history_dir)
         settings.voices_dir.mkdir(parents=True, exist_ok=True)
         self.stream_player = ffmpeg_available() if settings.stream_player is None else settings.stream_player
@@ -101,7 +155,7 @@ class Studio:
 
     def _checked(self, model_dir: str, text: str, seed) -> tuple[Path, str, int]:
         """The request's model folder, text and seed, checked (by the engine's own rules) before a model loads."""
-        return self.model_folder(model_dir), check_text(text), int(seed)
+        return self.model_folder(model_dir), check_text(text), parse_seed(seed)
 
     def _voice(self, engine, audio_path, saved_voice: str, transcript: str, what: str = "prompt audio"):
         """(PromptFeatures with `transcript`, label): a saved voice when one is named, else the uploaded clip."""
@@ -120,7 +174,10 @@ class Studio:
         with self._prompts_lock:
             voice = self._prompts.get(key)
         if voice is None:
-            voice = engine.prompt_from_audio(data, transcript)
+            try:
+                voice = engine.prompt_from_audio(data, transcript)
+            except InputError as exc:
+                raise upload_error(exc, what, audio_path) from exc
             with self._prompts_lock:
                 self._prompts[key] = voice
                 while len(self._prompts) > PROMPT_CACHE_SIZE:
@@ -146,8 +203,10 @@ class Studio:
         replay = {}
         if result is not None and request is not None:
             replay = {"sampler": result.sampler, "voice_name": saved_voice, "controls": request.controls()}
-        return self.history.add(audio, rate, mode=mode, text=text, backend=str(plan), seed=seed, voice=voice,
+        clip = self.history.add(audio, rate, mode=mode, text=text, backend=str(plan), seed=seed, voice=voice,
                                 extra=extra, **replay)
+        release_freed_memory()   # the request's temporaries are gone by now
+        return clip
 
     @staticmethod
     def _summary(mode: str, seconds: float, elapsed: float, spec: str, seed: int, voice: str, info=None,
@@ -236,7 +295,8 @@ class Studio:
             raise InputError(f"the emotion weight {weight} is outside 0 .. 1")
         progress(0, desc="loading the model")
         with self.cache.use(model, spec) as engine:
-            timbre, timbre_label = self._voice(engine, prompt_audio, saved_voice, transcript)
+            timbre, timbre_label = self._voice(engine, prompt_audio, saved_voice, transcript,
+                                               what="timbre clip (the voice panel)")
             emotion, emotion_label = self._voice(engine, emotion_audio, emotion_voice, emotion_transcript,
                                                  what="emotion clip")
             result, _, elapsed = self._synthesize(engine, text, progress, voice=timbre, emotion=emotion, mix=weight,
@@ -280,7 +340,8 @@ class Studio:
            model_dir: str = "", progress=gr.Progress()):
         """The same request on two backends from the same seed, plus stage-by-stage parity figures."""
         model, text, seed = self._checked(model_dir, text, seed)
-        specs = [ExecutionPlan.parse(backend_a or "torch"), ExecutionPlan.parse(backend_b or "torch")]
+        specs = [checked_spec((spec or "torch").strip(), f"backend {side}")
+                 for side, spec in (("A", backend_a), ("B", backend_b))]
         progress(0, desc=f"loading {specs[0]} and {specs[1]}")
         entries = [self.cache.get(model, spec) for spec in specs]
         locks = list({id(lock): lock for _, lock in entries}.values())

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +40,34 @@ def to_output(audio: np.ndarray, rate: int) -> tuple[int, np.ndarray]:
 def ffmpeg_available() -> bool:
     """Gradio's streaming audio player encodes chunks with ffmpeg."""
     return shutil.which("ffmpeg") is not None
+
+
+def provide_ffmpeg() -> str | None:
+    """ffmpeg on PATH for Gradio: the system's, else imageio-ffmpeg's static binary (a pip package).
+
+    Gradio runs the name `ffmpeg`, and imageio-ffmpeg's binary has a versioned name, so a private folder gets a
+    link named `ffmpeg` to it and goes first on PATH. Returns the ffmpeg Gradio will run, or None.
+    """
+    found = shutil.which("ffmpeg")
+    if found:
+        return found
+    try:
+        import imageio_ffmpeg
+        binary = imageio_ffmpeg.get_ffmpeg_exe()
+    except (ImportError, RuntimeError):
+        return None
+    folder = tempfile.mkdtemp(prefix="cosyvoice-ffmpeg-")   # private (0700): nobody else can swap the link
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    os.symlink(binary, os.path.join(folder, "ffmpeg"))
+    os.environ["PATH"] = folder + os.pathsep + os.environ.get("PATH", "")
+    return shutil.which("ffmpeg")
+
+
+def upload_error(exc: Exception, what: str, path: str | None) -> InputError:
+    """A decode error of an upload, naming the clip's role and its file name (never a temp path or object)."""
+    message = re.sub(r"<_io\.\w+ object at 0x[0-9a-fA-F]+>", "the file", str(exc))
+    name = Path(path).name if path else ""
+    return InputError(f"{what} {name!r}: {message}" if name else f"{what}: {message}")
 
 
 def prompt_length_warning(seconds: float | None) -> str | None:

@@ -8,9 +8,10 @@ import gradio as gr
 
 from ..config import flow_summary
 from ..errors import CosyVoiceError, InputError
-from .handlers import Studio, user_errors
+from .handlers import Studio, user_errors, user_message
 
 STAGES = ["lm", "flow", "vocoder"]
+TINY_MODEL = "tiny-test-model"
 
 
 def _export_lines(files) -> list[str]:
@@ -50,7 +51,8 @@ class ModelAdmin:
         try:
             files = inspect_model_dir(self.studio.model_folder(model_dir))
         except CosyVoiceError as exc:
-            return f"### ❌ No usable model folder\n\n{exc}"
+            return (f"### ❌ No usable model folder\n\n{exc}\n\nOffline? Below: point at a folder you have, or make "
+                    "the tiny test model (random weights) to try every tab.")
         cfg = files.config
         lines = [f"### ✅ `{files.root}`", "",
                  f"- CosyVoice{cfg.version}: LM {cfg.llm.num_layers} layers × {cfg.llm.hidden_size}, "
@@ -76,6 +78,18 @@ class ModelAdmin:
         return f"downloaded **{name}** to `{path}`", str(path)
 
     @user_errors
+    def make_tiny(self, progress=gr.Progress()) -> tuple[str, str]:
+        """The tiny synthetic model in the models folder (random weights: it speaks noise), selected at once."""
+        from ..tools.tiny import make_tiny_model
+
+        out = self.studio.settings.models_dir / TINY_MODEL
+        if not (out / "cosyvoice3.yaml").is_file():
+            progress(0, desc="writing the tiny test model")
+            make_tiny_model(out)
+        return (f"tiny test model ready as `{TINY_MODEL}` (random weights: it speaks noise)",
+                str(out))
+
+    @user_errors
     def export(self, model_dir: str = "", precisions: list[str] | None = None, parity: bool = True,
                progress=gr.Progress()) -> str:
         """Runs the exporter; its progress events drive the bar; returns its log with the parity lines."""
@@ -88,7 +102,12 @@ class ModelAdmin:
         def show(event) -> None:
             progress(event.fraction, desc=event.message)
 
-        out = export_model(path, None, precisions=wanted, parity=bool(parity), progress=log.append, on_event=show)
+        try:
+            out = export_model(path, None, precisions=wanted, parity=bool(parity), progress=log.append,
+                               on_event=show)
+        except OSError as exc:
+            raise InputError(f"cannot write the ONNX export into the model folder: {user_message(exc)}; or export "
+                             "on the server with `cosyvoice-onnx export --model DIR --out WRITABLE_DIR`") from exc
         self.studio.cache.forget(path)  # engines opened on the old export must reload the new files
         return f"### Export written to `{out}`\n\n```\n" + "\n".join(log) + "\n```"
 

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
+from ..errors import CosyVoiceError, InputError
 from ..plan import ExecutionPlan
+
+
+def checked_spec(spec: str | ExecutionPlan, where: str) -> ExecutionPlan:
+    """The execution plan a typed backend spec names, refused with an example when it does not parse."""
+    try:
+        return ExecutionPlan.parse(spec)
+    except CosyVoiceError as exc:
+        raise InputError(f"{where} {spec!r} is not a backend spec: {exc}. Write e.g. onnx:int8 or "
+                         "lm=onnx:int8,flow=torch,vocoder=onnx") from exc
 
 
 class EngineCache:
     """At most `capacity` engines (A/B needs two); the least recently used one is dropped first.
 
-    `use()` also serialises work per engine: a CosyVoice object keeps per-request state in its stages.
+    Engines keep no per-request state, so requests share one engine up to the studio's concurrency. With `lock`
+    (`--engine-lock`), `use()` makes requests take turns on one engine instead (less memory per engine at once).
     """
 
-    def __init__(self, capacity: int = 2, loader=None):
+    def __init__(self, capacity: int = 2, loader=None, lock: bool = False):
         self.capacity = capacity
+        self.lock = lock
         self._loader = loader or _load_engine
-        self._engines: OrderedDict[tuple[str, ExecutionPlan], tuple[object, threading.Lock]] = OrderedDict()
+        self._engines: OrderedDict[tuple[str, ExecutionPlan], tuple[object, contextlib.AbstractContextManager]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, model_dir: Path, plan: ExecutionPlan | str):
@@ -30,7 +43,7 @@ class EngineCache:
                 self._engines.move_to_end(key)
                 return self._engines[key]
             # Loading under the lock: two requests for a new engine must not load it twice (GBs of weights).
-            entry = (self._loader(*key), threading.Lock())
+            entry = (self._loader(*key), threading.Lock() if self.lock else contextlib.nullcontext())
             self._engines[key] = entry
             while len(self._engines) > self.capacity:
                 self._engines.popitem(last=False)

@@ -24,7 +24,9 @@ def polyphone_choices(text: str) -> list[tuple[str, str]]:
     """Dropdown entries (label, 'index') for every polyphonic Han character of the text."""
     from ..pronunciation import polyphones
 
-    return [(f"{p.char} at {p.index + 1} (reads {p.default} here; also {', '.join(p.readings[1:])})", str(p.index))
+    # Positions count from 0, as in `cosyvoice-onnx pronounce`, `--reading INDEX=...` and the /apply_pinyin API.
+    return [(f"{p.char} at position {p.index} (reads {p.default} here; also {', '.join(p.readings[1:])})",
+             str(p.index))
             for p in polyphones(text or "")]
 
 

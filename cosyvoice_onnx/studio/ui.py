@@ -16,7 +16,10 @@ CSS = "#studio-text textarea { font-size: 1.05rem; } .gradio-container { max-wid
 
 
 def build_app(studio: Studio) -> gr.Blocks:
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    # Uploads and results pile up in Gradio's cache folder otherwise: every minute (or every cache_seconds, if
+    # shorter), files older than cache_seconds go, and the rest when the server stops.
+    age = studio.settings.cache_seconds
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(min(60, age), age)) as demo:
         gr.Markdown(f"# {TITLE}\nFun-CosyVoice3 voice cloning on PyTorch and ONNX Runtime. Pick the voice and "
                     "the text once; each tab is a way of speaking it. Synthesis runs on this machine.")
         header = build_header(studio)
@@ -50,7 +53,9 @@ def build_app(studio: Studio) -> gr.Blocks:
         demo.load(studio.history_rows, None, table, **PRIVATE)
         for event in generated:
             event.then(studio.history_rows, None, table, **PRIVATE)
-    return demo.queue(max_size=32, default_concurrency_limit=1)
+    # The queue shows each waiting user its place; beyond max_queue waiting requests are refused at once.
+    settings = studio.settings
+    return demo.queue(max_size=settings.max_queue, default_concurrency_limit=settings.concurrency)
 
 
 def launch_options(studio: Studio) -> dict:

@@ -20,9 +20,9 @@ def build(studio: Studio, shared: Shared):
     with gr.Row():
         audio_a = gr.Audio(label="A", type="numpy", format="wav", interactive=False, elem_id="ab-a")
         audio_b = gr.Audio(label="B", type="numpy", format="wav", interactive=False, elem_id="ab-b")
-    report = gr.Markdown(label="Report", elem_id="ab-report")
+    report = gr.Markdown(label="Report", elem_id="ab-report", min_height=80)
     return generate.click(
         studio.ab,
         [shared.text, shared.prompt_audio, shared.transcript, shared.saved_voice, shared.seed, backend_a, backend_b,
          parity, shared.model_dir],
-        [audio_a, audio_b, report], api_name="ab", concurrency_id="engine")
+        [audio_a, audio_b, report], api_name="ab", concurrency_id="engine", show_progress_on=report)

@@ -25,7 +25,8 @@ AB_BACKENDS = ["torch", "onnx", "onnx:fp16", "onnx:int8", "lm=onnx:int8,flow=tor
 # Every release's preset names; the instruction is filled in the chosen model's own wording (prompts.py).
 PRESET_CHOICES = list(dict.fromkeys((f"{group}: {key}", f"{group}:{key}") for presets in INSTRUCT_PRESETS.values()
                                     for group, items in presets.items() for key in items))
-PRIVATE = {"api_visibility": "private", "queue": False}
+# UI glue: not in the API, not queued, and quick, so no progress bar of its own beside the action's one.
+PRIVATE = {"api_visibility": "private", "queue": False, "show_progress": "hidden"}
 
 
 @dataclass
@@ -114,7 +115,8 @@ def build_text_panel() -> dict:
             button.click(None, text, text, js=insert_tag_js(f"#{TEXT_ID} textarea", opening, closing), **PRIVATE)
     with gr.Accordion("Pinyin helper (polyphonic characters)", open=False):
         gr.Markdown("Find characters with several readings, pick the one you mean, and it is written into the "
-                    "text as CosyVoice3 pinyin tokens, e.g. 给 → `[j][ǐ]`.")
+                    "text as CosyVoice3 pinyin tokens, e.g. 给 → `[j][ǐ]`. Positions count from 0, "
+                    "as in `cosyvoice-onnx pronounce` and `--reading`.")
         with gr.Row():
             find = gr.Button("Find polyphones", size="sm")
             character = gr.Dropdown(label="Character", choices=[], scale=2, allow_custom_value=True)
@@ -126,7 +128,9 @@ def build_text_panel() -> dict:
         apply.click(apply_pinyin, [text, character, reading], text, api_name="apply_pinyin").then(
             lambda t: gr.Dropdown(choices=polyphone_choices(t), value=None), text, character, **PRIVATE)
     with gr.Row(equal_height=True):
-        seed = gr.Number(value=0, precision=0, minimum=0, maximum=MAX_SEED, label="Seed", scale=3)
+        # No precision or bounds here: Gradio would fail on NaN or text before the handler, with a raw message;
+        # parse_seed checks the value and says what a seed must be.
+        seed = gr.Number(value=0, label="Seed", scale=3, info=f"a whole number, 0 to {MAX_SEED}")
         dice = gr.Button("Random", size="sm", scale=0, min_width=70)
         join = gr.Dropdown(JOINS, value="none", label="Sentence joins", scale=2,
                            info="none = official concatenation")

@@ -28,4 +28,4 @@ def build(studio: Studio, shared: Shared):
         studio.duration,
         [shared.text, shared.prompt_audio, shared.transcript, shared.saved_voice, target, seconds, speed, method,
          shared.seed, *shared.engine],
-        [result, achieved, info], api_name="duration", concurrency_id="engine")
+        [result, achieved, info], api_name="duration", concurrency_id="engine", show_progress_on=result)

@@ -7,13 +7,18 @@ import gradio as gr
 from ..handlers import HISTORY_COLUMNS, Studio
 from .common import PRIVATE
 
+# id, created, mode, seconds, text, backend, seed, voice
+COLUMN_WIDTHS = ["16%", "13%", "11%", "7%", "27%", "10%", "7%", "9%"]
+
 
 def build(studio: Studio):
     gr.Markdown(f"Clips are kept in `{studio.history.root}` (the newest {studio.history.keep}). "
                 "Click a row to play or download it.")
     refresh = gr.Button("Refresh", size="sm")
-    table = gr.Dataframe(value=[], headers=HISTORY_COLUMNS, interactive=False, wrap=True,
-                         max_height=360, elem_id="history-table")
+    # Fixed shares of the page's width and long texts cut short: otherwise the text column pushes the backend,
+    # seed and voice columns off the right edge.
+    table = gr.Dataframe(value=[], headers=HISTORY_COLUMNS, interactive=False, wrap=True, max_height=360,
+                         column_widths=COLUMN_WIDTHS, max_chars=90, elem_id="history-table")
     with gr.Row():
         clip_id = gr.Textbox(label="Clip id", max_lines=1, scale=2)
         delete = gr.Button("Delete clip", variant="stop", size="sm", scale=0)

@@ -22,4 +22,4 @@ def build(studio: Studio, shared: Shared):
         studio.instruct,
         [shared.text, instruction, shared.prompt_audio, shared.saved_voice, shared.seed, shared.join, shared.join_ms,
          *shared.engine],
-        [result, info], api_name="instruct", concurrency_id="engine")
+        [result, info], api_name="instruct", concurrency_id="engine", show_progress_on=result)

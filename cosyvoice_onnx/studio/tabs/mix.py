@@ -35,4 +35,4 @@ def build(studio: Studio, shared: Shared):
         studio.mix,
         [shared.text, shared.prompt_audio, shared.transcript, shared.saved_voice, emotion_audio, emotion_transcript,
          emotion_voice, weight, shared.seed, *shared.engine],
-        [result, info], api_name="mix", concurrency_id="engine")
+        [result, info], api_name="mix", concurrency_id="engine", show_progress_on=result)

@@ -26,4 +26,5 @@ def build(studio: Studio, shared: Shared):
         studio.zero_shot,
         [shared.text, shared.prompt_audio, shared.transcript, shared.saved_voice, shared.seed, speed, stream,
          shared.join, shared.join_ms, *shared.engine],
-        [live, result, info], api_name="zero_shot", concurrency_id="engine")
+        [live, result, info], api_name="zero_shot", concurrency_id="engine",
+        show_progress_on=result)  # one bar, not one per output

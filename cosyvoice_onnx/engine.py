@@ -31,13 +31,13 @@ class CosyVoice:
     """A loaded model: `synthesize()` for applications, `generate_tokens/tokens_to_mel/mel_to_audio` for harnesses."""
 
     def __init__(self, model_dir: str | Path, backend: str | dict | None = "torch", llm_variant: str = "base",
-                 export_dir: str | Path | None = None):
+                 export_dir: str | Path | None = None, device: str | None = "auto"):
         self.files = inspect_model_dir(model_dir, llm_variant)
         self.cfg = self.files.config
         self.sample_rate = self.cfg.hift.sampling_rate
         self.tokenizer = TextTokenizer.from_dir(self.files.qwen_dir, self.cfg.tokenizer_version)
         self.frontend = Frontend(self.cfg, self.tokenizer, self.files.speech_tokenizer, self.files.campplus)
-        self.stages: Stages = load_stages(self.files, parse_backend(backend), export_dir)
+        self.stages: Stages = load_stages(self.files, parse_backend(backend), export_dir, device)
         self.token2wav = Token2Wav(self.cfg, self.stages.flow, self.stages.vocoder, self.stages.flow_noise,
                                    hift_noise_source(self.cfg))
         self.end_of_prompt_id = self.tokenizer.token_to_id(END_OF_PROMPT)

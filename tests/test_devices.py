@@ -57,3 +57,33 @@ def test_torch_stage_on_missing_cuda_is_an_input_error(monkeypatch):
     assert str(torch_device(Device("auto"))) == "cpu"
     with pytest.raises(InputError, match="use --device cpu"):
         torch_device(Device("cuda"))
+
+
+def test_onnx_session_providers_follow_the_device(monkeypatch):
+    from cosyvoice_onnx.onnx_backend.session import providers
+
+    monkeypatch.setattr(devices, "ort_has_cuda", lambda: False)
+    assert providers("cpu") == providers("auto") == ["CPUExecutionProvider"]
+    assert providers("cpu", cuda_graph=True) == ["CPUExecutionProvider"]
+    with pytest.raises(InputError, match="pip install"):
+        providers("cuda")
+    monkeypatch.setattr(devices, "ort_has_cuda", lambda: True)
+    assert providers("auto") == [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
+    assert providers("cuda:1", cuda_graph=True) == [
+        ("CUDAExecutionProvider", {"device_id": 1, "enable_cuda_graph": "1"}), "CPUExecutionProvider"]
+
+
+def test_onnx_lm_on_cpu_keeps_its_cache_on_the_host(tmp_path):
+    """Provider selection end to end on a CPU build: the LM's cache device comes from the session it got."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from cosyvoice_onnx.onnx_backend.session import make_session, session_device
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "relu",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), tmp_path / "m.onnx")
+    session = make_session(tmp_path / "m.onnx", threads=1, device="auto")
+    assert session.get_providers() == ["CPUExecutionProvider"] or devices.ort_has_cuda()
+    assert session_device(make_session(tmp_path / "m.onnx", threads=1, device="cpu")) == CPU

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..errors import ExportError, InputError
-from .session import make_session
+from ..devices import Device
+from .session import AUTO, make_session
 
 ENCODER_FILE = "flow_encoder.onnx"
 ESTIMATOR_FILES = {"fp32": "flow_estimator.onnx", "fp16": "flow_estimator.fp16.onnx",
@@ -38,7 +39,8 @@ class OnnxFlow:
 
     backend = "onnx"
 
-    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None):
+    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None,
+                 device: Device | str | None = AUTO):
         if precision not in ESTIMATOR_FILES:
             raise ValueError(f"unknown precision {precision!r} (fp32, fp16 or int8)")
         export_dir = Path(export_dir)
@@ -46,8 +48,8 @@ class OnnxFlow:
         self.precision = precision
         # The encoder stays fp32 at every precision: it is tiny and feeds every frame of mu.
         encoder_path, estimator_path = export_dir / ENCODER_FILE, export_dir / ESTIMATOR_FILES[precision]
-        self.encoder = make_session(encoder_path, threads=threads)
-        self.estimator = make_session(estimator_path, threads=threads)
+        self.encoder = make_session(encoder_path, threads=threads, device=device)
+        self.estimator = make_session(estimator_path, threads=threads, device=device)
         self.encoder_inputs = ENCODER_IO[self.cfg.kind][0]
         _check_io(self.encoder, encoder_path, ENCODER_IO[self.cfg.kind], self.cfg.mel_dim)
         _check_io(self.estimator, estimator_path, ESTIMATOR_IO, self.cfg.mel_dim)

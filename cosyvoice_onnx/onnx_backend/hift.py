@@ -8,7 +8,8 @@ import numpy as np
 
 from ..config import ModelConfig
 from ..noise import vocoder_source_samples
-from .session import make_session
+from ..devices import Device
+from .session import AUTO, make_session
 
 # HiFTConfig.causal -> {finalize: graph}. The causal (CV3) vocoder has a look-ahead graph for streaming; the
 # non-causal (CV2) one is always finalized and takes the previous chunk's source instead (`cache_source`).
@@ -26,13 +27,14 @@ class OnnxVocoder:
 
     backend = "onnx"
 
-    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None):
+    def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None,
+                 device: Device | str | None = AUTO):
         if precision not in PRECISIONS:
             raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
         self.cfg = cfg.hift
         self.precision = precision
         export_dir = Path(export_dir)
-        self.sessions = {finalize: make_session(export_dir / f"{name}.onnx", threads=threads)
+        self.sessions = {finalize: make_session(export_dir / f"{name}.onnx", threads=threads, device=device)
                          for finalize, name in GRAPHS[self.cfg.causal].items()}
 
     def source_samples(self, frames: int, finalize: bool) -> int:

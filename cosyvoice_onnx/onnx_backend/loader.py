@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..devices import Device
 from ..errors import ExportError
 from ..manifest import FLOW_NOISE_FILE, check_export
 from ..model_files import ModelFiles
@@ -17,8 +18,9 @@ def default_export_dir(files: ModelFiles) -> Path:
     return files.root / DEFAULT_EXPORT_SUBDIR
 
 
-def load(files: ModelFiles, choices: dict, export_dir: Path | None = None):
-    """Returns ({stage: Onnx stage}, flow noise buffer) for the stages chosen to run on ONNX."""
+def load(files: ModelFiles, choices: dict, export_dir: Path | None = None, device: Device | str | None = None):
+    """Returns ({stage: Onnx stage}, flow noise buffer) for the stages chosen to run on ONNX, on `device` (None:
+    auto, CUDA where this onnxruntime has the provider)."""
     from .flow import OnnxFlow
     from .hift import OnnxVocoder
     from .lm import OnnxLanguageModel
@@ -30,7 +32,7 @@ def load(files: ModelFiles, choices: dict, export_dir: Path | None = None):
         names = [s for s, c in choices.items() if c.precision == precision]
         check_export(export_dir, files, precision, names)
         for stage in names:
-            stages[stage] = classes[stage](export_dir, files.config, precision=precision)
+            stages[stage] = classes[stage](export_dir, files.config, precision=precision, device=device)
     noise_path = export_dir / FLOW_NOISE_FILE
     try:
         noise = np.load(noise_path, allow_pickle=False)

@@ -313,7 +313,7 @@ def measure_machine(threads: int, repeats: int = 7) -> dict:
         finally:
             root.setLevel(level)
         for name, path in (("ort_sgemm_gflops", fp32), ("ort_int8_gops", int8)):
-            session = make_session(path, threads=threads, prefer_gpu=False)
+            session = make_session(path, threads=threads, device="cpu")
             out[name] = flops / _best_time(lambda s=session: s.run(None, {"a": a}), repeats) / 1e9
     w = np.random.default_rng(2).standard_normal((k, n), dtype=np.float32)
     out["numpy_sgemm_gflops"] = flops / _best_time(lambda: a @ w, repeats) / 1e9

@@ -11,6 +11,8 @@ from pathlib import Path
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError
 
+DEVICE_HELP = "auto (a GPU where the backend sees one), cpu, cuda or cuda:N"
+
 
 def _cmd_make_tiny_model(args) -> int:
     from .tools.tiny import make_tiny_model
@@ -42,7 +44,7 @@ def _cmd_synth(args) -> int:
         # Presets differ per release; checked before the weights load so a typo fails fast.
         instruct = preset_instruction(args.instruct_preset, detect_version(args.model))
     start = time.perf_counter()
-    tts = CosyVoice(args.model, backend=args.backend, llm_variant=args.llm)
+    tts = CosyVoice(args.model, backend=args.backend, llm_variant=args.llm, device=args.device)
     loaded = time.perf_counter()
     controls = synth_controls(args, tts)
     result = tts.synthesize(controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
@@ -110,7 +112,7 @@ def _cmd_parity(args) -> int:
 
     report = run_parity(args.model, args.export_dir, precision=args.precision, prompt_wav=args.prompt_wav,
                         prompt_text=args.prompt_text, text=args.text, seed=args.seed, max_tokens=args.max_tokens,
-                        llm_variant=args.llm)
+                        llm_variant=args.llm, device=args.device, test_backend=args.test_backend)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -148,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
     s.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=Path)
     add_synth_controls(s)
     s.set_defaults(func=_cmd_synth)
@@ -171,7 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("parity", help="compare PyTorch and ONNX stage by stage from the same seed")
     q.add_argument("--model", required=True, type=Path)
     q.add_argument("--export-dir", type=Path, default=None, help="default: MODEL/onnx")
-    q.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    q.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "int8"],
+                   help="of the engine under test (bf16: PyTorch only; int8: ONNX only)")
+    q.add_argument("--device", default="auto",
+                   help="where the engine under test runs (the fp32 reference always runs on the CPU): auto, cpu, "
+                        "cuda or cuda:N; with cuda the engine under test defaults to PyTorch")
+    q.add_argument("--test-backend", default=None, choices=["torch", "onnx"],
+                   help="engine under test (default: onnx on the CPU, torch on a GPU)")
     q.add_argument("--prompt-wav", type=Path, default=None, help="default: a synthetic voice-like clip")
     q.add_argument("--prompt-text", default="This is the prompt clip.")
     q.add_argument("--text", default="Hello! This sentence checks that both backends say exactly the same thing.")

@@ -87,3 +87,50 @@ def test_onnx_lm_on_cpu_keeps_its_cache_on_the_host(tmp_path):
     session = make_session(tmp_path / "m.onnx", threads=1, device="auto")
     assert session.get_providers() == ["CPUExecutionProvider"] or devices.ort_has_cuda()
     assert session_device(make_session(tmp_path / "m.onnx", threads=1, device="cpu")) == CPU
+
+
+def test_torch_precisions_in_backend_choices():
+    from cosyvoice_onnx.backends import StageChoice, parse_backend
+
+    choices = parse_backend("torch:bf16")
+    assert choices["lm"] == choices["flow"] == StageChoice("torch", "bf16")
+    assert choices["vocoder"] == StageChoice("torch")  # the vocoder stays fp32
+    assert parse_backend("lm=torch:fp16,flow=onnx,vocoder=torch")["lm"] == StageChoice("torch", "fp16")
+    with pytest.raises(InputError, match="torch backend has no precision 'int8'"):
+        parse_backend("torch:int8")
+    with pytest.raises(InputError, match="onnx backend has no precision 'bf16'"):
+        parse_backend("onnx:bf16")
+
+
+def test_gpu_bench_and_parity_choose_their_engines():
+    from cosyvoice_onnx.tools.bench import GPU_TORCH_BACKENDS, backends_for
+    from cosyvoice_onnx.tools.parity import test_backend_for
+
+    assert backends_for(["fp32"], cuda=False, device="cuda") == GPU_TORCH_BACKENDS
+    assert backends_for(["fp16"], cuda=True, device="cuda:1") == GPU_TORCH_BACKENDS + ["onnx:fp16"]
+    assert backends_for(["fp32", "int8"], cuda=False, device="cpu")[:2] == ["torch", "onnx"]
+    assert test_backend_for("cuda") == "torch" and test_backend_for("auto") == "onnx"
+    assert test_backend_for("cuda", "onnx") == "onnx"
+
+
+def test_bench_refuses_cuda_and_unknown_columns_before_building(tmp_path, monkeypatch):
+    from cosyvoice_onnx.tools.bench import run_bench
+
+    monkeypatch.setattr(devices, "torch_cuda_count", lambda: 0)
+    with pytest.raises(InputError, match="torch sees no CUDA GPU"):
+        run_bench("tiny", tmp_path, device="cuda")
+    with pytest.raises(InputError, match="unknown backend 'tourch'"):
+        run_bench("tiny", tmp_path, backends=["torch", "tourch:bf16"])
+    assert list(tmp_path.iterdir()) == []  # nothing was built
+
+
+def test_cli_synth_on_missing_cuda_is_one_error_line(tiny_model_dir, prompt_wav, tmp_path, capsys, monkeypatch):
+    from cosyvoice_onnx.cli import main
+
+    monkeypatch.setattr(devices, "torch_cuda_count", lambda: 0)
+    code = main(["synth", "--model", str(tiny_model_dir), "--prompt-wav", str(prompt_wav), "--prompt-text", "hi",
+                 "--text", "Hello.", "--device", "cuda", "--out", str(tmp_path / "out.wav")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err == ["error: device cuda was asked for the PyTorch backend, but torch sees no CUDA GPU "
+                                 "(a CPU-only torch build, or no NVIDIA driver); use --device cpu"]
+    assert not (tmp_path / "out.wav").exists()

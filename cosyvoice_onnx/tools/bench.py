@@ -408,7 +408,7 @@ STAGES_TIMED = {"onnx:int8": [s for s in STAGES if s != "vocoder"],
                 # The int8 LM with the exact fp32 flow: only the whole request differs from the other columns.
                 INT8_LM_ONLY: ["e2e", "ttfa"]}
 COLUMN_NAMES = {"torch": "PyTorch", "onnx": "ONNX fp32", "onnx:int8": "ONNX int8", INT8_LM_ONLY: "ONNX int8 LM",
-                "onnx:fp16": "ONNX fp16"}
+                "onnx:fp16": "ONNX fp16", "torch:bf16": "PyTorch bf16", "torch:fp16": "PyTorch fp16"}
 # Which bound applies to a column: the int8-LM column's flow is fp32, so its bound is neither row; none is shown.
 COLUMN_BOUNDS = {"torch": "fp32", "onnx": "fp32", "onnx:int8": "int8"}
 
@@ -498,10 +498,13 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
 
 def run_backend(job: dict) -> dict:
     """Times the job's stages on one backend; `job` is what `_backend_job` builds."""
+    torch = None
     if job["backend"].startswith("torch"):
         import torch
 
         torch.set_num_threads(int(job["threads"]))
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
     from ..backends import load_stages, parse_backend
     from ..model_files import inspect_model_dir
     from ..noise import hift_noise_source
@@ -511,7 +514,7 @@ def run_backend(job: dict) -> dict:
     start = time.perf_counter()
     files = inspect_model_dir(job["model_dir"])
     cfg = files.config
-    stages = load_stages(files, parse_backend(job["backend"]), job["export_dir"])
+    stages = load_stages(files, parse_backend(job["backend"]), job["export_dir"], job.get("device", "cpu"))
     token2wav = Token2Wav(cfg, stages.flow, stages.vocoder, stages.flow_noise, hift_noise_source(cfg))
     result = {"backend": job["backend"], "load_s": time.perf_counter() - start}
     runs = _stage_runs(cfg, stages, token2wav, work)
@@ -523,6 +526,8 @@ def run_backend(job: dict) -> dict:
     if "e2e" in result:
         result["e2e"]["audio_s"] = work.flow_tokens / cfg.features.token_frame_rate
     result["peak_rss_bytes"] = peak_rss_bytes()
+    if torch is not None and torch.cuda.is_available():
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     return result
 
 
@@ -543,9 +548,9 @@ def peak_rss_bytes() -> int:
 
 
 def _backend_job(backend: str, model_dir: Path, export_dir: Path, threads: int, repeats: int, work: Workload,
-                 stages: list[str]) -> dict:
+                 stages: list[str], device: str = "cpu") -> dict:
     return {"backend": backend, "model_dir": str(model_dir), "export_dir": str(export_dir), "threads": threads,
-            "repeats": repeats, "workload": asdict(work), "stages": stages}
+            "repeats": repeats, "workload": asdict(work), "stages": stages, "device": device}
 
 
 def run_backend_subprocess(job: dict) -> dict:
@@ -565,7 +570,17 @@ def run_backend_subprocess(job: dict) -> dict:
 # --------------------------------------------------------------------------- the whole run
 
 
-def backends_for(precisions: list[str], cuda: bool) -> list[str]:
+# On a GPU: PyTorch in every precision it has there, then ONNX fp16 where onnxruntime has the CUDA provider.
+GPU_TORCH_BACKENDS = ["torch", "torch:bf16", "torch:fp16"]
+
+
+def backends_for(precisions: list[str], cuda: bool, device=None) -> list[str]:
+    """The columns of one run. `device` cuda: GPU_TORCH_BACKENDS (+ onnx:fp16 with onnxruntime's CUDA provider);
+    otherwise PyTorch and ONNX on the CPU (fp16 only where the CUDA provider exists)."""
+    from ..devices import parse_device
+
+    if device is not None and parse_device(device).is_cuda:
+        return GPU_TORCH_BACKENDS + (["onnx:fp16"] if cuda else [])
     names = ["torch", "onnx"]
     names += [f"onnx:{p}" for p in precisions if p == "int8" or (p == "fp16" and cuda)]
     if "int8" in precisions:
@@ -575,10 +590,14 @@ def backends_for(precisions: list[str], cuda: bool) -> list[str]:
 
 def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str | Path | None = None,
               precisions: str = "fp32,int8", threads: int | None = None, repeats: int = 3,
-              workload: Workload | None = None, progress: Callable[[str], None] = print, version: int = 3) -> dict:
-    """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes)."""
+              workload: Workload | None = None, progress: Callable[[str], None] = print, version: int = 3,
+              device: str = "cpu", backends: list[str] | None = None) -> dict:
+    """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes). `device` cuda times the
+    stages on the GPU (GPU_TORCH_BACKENDS, and ONNX fp16 where onnxruntime has the CUDA provider). `backends`
+    names the columns instead (e.g. ["torch", "torch:bf16"]); only the ONNX precisions among them are exported."""
     import onnxruntime as ort
 
+    from ..devices import parse_device, resolve_torch
     from ..export.exporter import parse_precisions
     from ..onnx_backend.session import default_threads
 
@@ -588,19 +607,32 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
     threads = threads or default_threads()
     wanted = parse_precisions(precisions)
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    on_gpu = parse_device(device).is_cuda
+    if on_gpu:
+        resolve_torch(parse_device(device))  # a missing GPU fails here, before minutes of model building
+        # Only the GPU's precisions are exported: fp16 where ONNX Runtime can run it there, nothing otherwise.
+        wanted = ["fp16"] if cuda else []
+    names = backends_for(wanted, cuda, device)
+    if backends:
+        from ..backends import parse_backend
+
+        names = [name.strip() for name in backends]
+        for name in names:
+            parse_backend(name)  # a typo fails here, not in a worker after the model is built
+        wanted = sorted({b.partition(":")[2] or "fp32" for b in names if b.startswith("onnx")})
     work = Path(work) if work else default_work_dir()
     model, export_dir = prepare(size, work, wanted, Path(model_dir) if model_dir else None, progress, version)
     described = str(model) if model_dir else f"CosyVoice{version} dimensions ({size}), seeded random weights"
     report = {"model": described, "machine": describe_machine(),
-              "workload": asdict(workload), "threads": threads}
+              "workload": asdict(workload), "threads": threads, "device": str(device)}
     progress("measuring this machine (GEMM rates, memory bandwidth)")
     before = measure_machine(threads)
     report["backends"] = {}
-    for backend in backends_for(wanted, cuda):
+    for backend in names:
         stages = STAGES_TIMED.get(backend, list(STAGES))
-        progress(f"timing {backend} ({', '.join(stages)})")
+        progress(f"timing {backend} on {device} ({', '.join(stages)})")
         report["backends"][backend] = run_backend_subprocess(
-            _backend_job(backend, model, export_dir, threads, repeats, workload, stages))
+            _backend_job(backend, model, export_dir, threads, repeats, workload, stages, str(device)))
     report["machine"]["load_average_after"] = list(os.getloadavg())
     report["rates"] = {**best_rates(before, measure_machine(threads)), "gemm_shape": list(SGEMM_SHAPE)}
     from ..model_files import inspect_model_dir
@@ -677,8 +709,9 @@ def format_report(report: dict) -> str:
                 row.append("-")
                 continue
             cell = _seconds(measured["median_s"])
-            # The bounds describe this CPU; an fp16 run is on the GPU, which the bench does not measure.
-            bound = report["bounds"].get(COLUMN_BOUNDS.get(name), {}).get(stage, {}).get("seconds")
+            # The bounds describe this CPU; a run on the GPU, which the bench does not measure, gets none.
+            on_gpu = str(report.get("device", "cpu")).startswith("cuda")
+            bound = None if on_gpu else report["bounds"].get(COLUMN_BOUNDS.get(name), {}).get(stage, {}).get("seconds")
             if bound:
                 cell += f" ({measured['median_s'] / bound:.1f}x)"
             if stage == "e2e":
@@ -694,6 +727,10 @@ def format_report(report: dict) -> str:
                 + [""] * len(onnx_names))
     rows.append(["load time", "", "", "", ""] + [_seconds(r["load_s"]) for r in backends.values()]
                 + [""] * len(onnx_names))
+    if any("peak_gpu_bytes" in r for r in backends.values()):
+        rows.append(["peak GPU memory", "", "", "", ""] + [
+            f"{r['peak_gpu_bytes'] / 2**30:.2f} GiB" if "peak_gpu_bytes" in r else "-" for r in backends.values()]
+            + [""] * len(onnx_names))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines.append("(ONNX int8: int8 LM and flow estimator, fp32 vocoder (timed under ONNX fp32); ONNX int8 LM: the "
@@ -712,6 +749,11 @@ def add_bench_command(sub) -> None:
                         f"(default {default_work_dir()})")
     b.add_argument("--precisions", default="fp32,int8",
                    help="ONNX precisions: fp32, int8 (LM and flow estimator), fp16 (CUDA only)")
+    b.add_argument("--device", default="cpu",
+                   help="cpu, or cuda / cuda:N: PyTorch fp32, bf16 and fp16 on the GPU (and ONNX fp16 where "
+                        "onnxruntime has the CUDA provider) in one run; the cost-model bounds describe the CPU only")
+    b.add_argument("--backends", default=None,
+                   help="the columns to time instead of the default set, e.g. torch,torch:bf16,onnx:int8")
     b.add_argument("--threads", type=int, default=None,
                    help="threads per backend (default: the ONNX backend's, one per physical core)")
     b.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after a warm-up")
@@ -723,7 +765,8 @@ def add_bench_command(sub) -> None:
 def _cmd_bench(args) -> int:
     report = run_bench(args.size, args.work, args.model, args.precisions, args.threads,
                        1 if args.quick else args.repeats, Workload.quick() if args.quick else Workload(),
-                       progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version)
+                       progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version,
+                       device=args.device, backends=args.backends.split(",") if args.backends else None)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")

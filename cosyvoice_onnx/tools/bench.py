@@ -496,8 +496,9 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
     }
 
 
-def run_backend(job: dict) -> dict:
-    """Times the job's stages on one backend; `job` is what `_backend_job` builds."""
+def run_backend(job: dict, partial: Path | None = None) -> dict:
+    """Times the job's stages on one backend; `job` is what `_backend_job` builds. `partial`: a file rewritten
+    after every stage, so a worker stopped by its time limit still reports the stages it finished."""
     torch = None
     if job["backend"].startswith("torch"):
         import torch
@@ -523,6 +524,8 @@ def run_backend(job: dict) -> dict:
         result[stage] = _timed(fn, int(job["repeats"]), warmup)
         print(f"  {job['backend']}: {stage} {result[stage]['median_s']:.4f} s (median of "
               f"{len(result[stage]['runs_s'])})", file=sys.stderr, flush=True)
+        if partial is not None:
+            partial.write_text(json.dumps({**result, "error": f"stopped after {stage}"}))
     if "e2e" in result:
         result["e2e"]["audio_s"] = work.flow_tokens / cfg.features.token_frame_rate
     result["peak_rss_bytes"] = peak_rss_bytes()
@@ -559,12 +562,19 @@ def run_backend_subprocess(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         # The worker's progress and any traceback go to our stderr; stdout stays for the table.
-        proc = subprocess.run([sys.executable, "-m", "cosyvoice_onnx.tools.bench", json.dumps(job), str(out)], env=env,
-                              stdout=sys.stderr)
+        command = [sys.executable, "-m", "cosyvoice_onnx.tools.bench", json.dumps(job), str(out)]
+        try:
+            proc = subprocess.run(command, env=env, stdout=sys.stderr, timeout=job.get("timeout_s"))
+        except subprocess.TimeoutExpired:
+            if out.exists():  # the stages finished before the limit
+                return {**json.loads(out.read_text()), "error": f"stopped at its {job['timeout_s']} s limit"}
+            raise CosyVoiceError(f"the {job['backend']} benchmark ran past its {job['timeout_s']} s limit") from None
         if proc.returncode != 0 or not out.exists():
             raise CosyVoiceError(f"the {job['backend']} benchmark failed (exit code {proc.returncode}); "
                                  "its output is above")
-        return json.loads(out.read_text())
+        result = json.loads(out.read_text())
+        result.pop("error", None)
+        return result
 
 
 # --------------------------------------------------------------------------- the whole run
@@ -591,10 +601,12 @@ def backends_for(precisions: list[str], cuda: bool, device=None) -> list[str]:
 def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str | Path | None = None,
               precisions: str = "fp32,int8", threads: int | None = None, repeats: int = 3,
               workload: Workload | None = None, progress: Callable[[str], None] = print, version: int = 3,
-              device: str = "cpu", backends: list[str] | None = None) -> dict:
+              device: str = "cpu", backends: list[str] | None = None, backend_timeout_s: float | None = None) -> dict:
     """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes). `device` cuda times the
     stages on the GPU (GPU_TORCH_BACKENDS, and ONNX fp16 where onnxruntime has the CUDA provider). `backends`
-    names the columns instead (e.g. ["torch", "torch:bf16"]); only the ONNX precisions among them are exported."""
+    names the columns instead (e.g. ["torch", "torch:bf16"]); only the ONNX precisions among them are exported.
+    backend_timeout_s bounds each column's worker: one that fails or runs out of time is reported with what it
+    finished, and the other columns still run."""
     import onnxruntime as ort
 
     from ..devices import parse_device, resolve_torch
@@ -631,8 +643,16 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
     for backend in names:
         stages = STAGES_TIMED.get(backend, list(STAGES))
         progress(f"timing {backend} on {device} ({', '.join(stages)})")
-        report["backends"][backend] = run_backend_subprocess(
-            _backend_job(backend, model, export_dir, threads, repeats, workload, stages, str(device)))
+        job = _backend_job(backend, model, export_dir, threads, repeats, workload, stages, str(device))
+        if backend_timeout_s is None:
+            report["backends"][backend] = run_backend_subprocess(job)
+            continue
+        try:
+            report["backends"][backend] = run_backend_subprocess({**job, "timeout_s": backend_timeout_s})
+        except CosyVoiceError as exc:
+            report["backends"][backend] = {"backend": backend, "error": str(exc)}
+        if "error" in report["backends"][backend]:
+            progress(f"{backend}: {report['backends'][backend]['error']}")
     report["machine"]["load_average_after"] = list(os.getloadavg())
     report["rates"] = {**best_rates(before, measure_machine(threads)), "gemm_shape": list(SGEMM_SHAPE)}
     from ..model_files import inspect_model_dir
@@ -723,16 +743,17 @@ def format_report(report: dict) -> str:
             row.append("-" if torch_result is None or other is None
                        else f"{torch_result['median_s'] / other['median_s']:.2f}x")
         rows.append(row)
-    rows.append(["peak RSS", "", "", "", ""] + [f"{r['peak_rss_bytes'] / 2**30:.2f} GiB" for r in backends.values()]
-                + [""] * len(onnx_names))
-    rows.append(["load time", "", "", "", ""] + [_seconds(r["load_s"]) for r in backends.values()]
-                + [""] * len(onnx_names))
+    rows.append(["peak RSS", "", "", "", ""] + [f"{r['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in r
+                                                 else "-" for r in backends.values()] + [""] * len(onnx_names))
+    rows.append(["load time", "", "", "", ""] + [_seconds(r["load_s"]) if "load_s" in r else "-"
+                                                  for r in backends.values()] + [""] * len(onnx_names))
     if any("peak_gpu_bytes" in r for r in backends.values()):
         rows.append(["peak GPU memory", "", "", "", ""] + [
             f"{r['peak_gpu_bytes'] / 2**30:.2f} GiB" if "peak_gpu_bytes" in r else "-" for r in backends.values()]
             + [""] * len(onnx_names))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += [f"{COLUMN_NAMES.get(name, name)}: {r['error']}" for name, r in backends.items() if "error" in r]
     lines.append("(ONNX int8: int8 LM and flow estimator, fp32 vocoder (timed under ONNX fp32); ONNX int8 LM: the "
                  "int8 LM with the fp32 flow and vocoder, timed end to end only)")
     return "\n".join(lines)
@@ -754,6 +775,8 @@ def add_bench_command(sub) -> None:
                         "onnxruntime has the CUDA provider) in one run; the cost-model bounds describe the CPU only")
     b.add_argument("--backends", default=None,
                    help="the columns to time instead of the default set, e.g. torch,torch:bf16,onnx:int8")
+    b.add_argument("--backend-timeout", type=float, default=None,
+                   help="seconds per column; a column that fails or runs out is reported and the others still run")
     b.add_argument("--threads", type=int, default=None,
                    help="threads per backend (default: the ONNX backend's, one per physical core)")
     b.add_argument("--repeats", type=int, default=3, help="timed runs per stage, after a warm-up")
@@ -766,7 +789,8 @@ def _cmd_bench(args) -> int:
     report = run_bench(args.size, args.work, args.model, args.precisions, args.threads,
                        1 if args.quick else args.repeats, Workload.quick() if args.quick else Workload(),
                        progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version,
-                       device=args.device, backends=args.backends.split(",") if args.backends else None)
+                       device=args.device, backends=args.backends.split(",") if args.backends else None,
+                       backend_timeout_s=args.backend_timeout)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -776,4 +800,4 @@ def _cmd_bench(args) -> int:
 
 if __name__ == "__main__":
     # Worker mode, started by run_backend_subprocess: `python -m cosyvoice_onnx.tools.bench JOB_JSON OUT_JSON`.
-    Path(sys.argv[2]).write_text(json.dumps(run_backend(json.loads(sys.argv[1]))))
+    Path(sys.argv[2]).write_text(json.dumps(run_backend(json.loads(sys.argv[1]), Path(sys.argv[2]))))

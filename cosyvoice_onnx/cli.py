@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--speed", type=float, default=1.0)
     s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
-    s.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
+    s.add_argument("--backend", default="torch",
+                   help="torch[:bf16|:fp16] | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=Path)

@@ -10,7 +10,8 @@
 # scratch site dir, build a real-size CosyVoice3 folder with random weights, `bench --device cuda` (PyTorch fp32,
 # bf16, fp16 in one table, plus ONNX fp16 only where onnxruntime has the CUDA provider), then `parity --device cuda`
 # for bf16, fp16 and fp32 against fp32 on the CPU. Writes to $OUT: summary.txt (each step's exit code and
-# seconds), env.txt, nvidia-smi.txt, bench.txt + bench.json + bench.log, parity-<precision>.txt/.json/.log.
+# seconds), env.txt, nvidia-smi.txt, bench.txt + bench.json + bench.log, parity-<precision>.txt/.json/.log,
+# micro.json (LM decode eager vs CUDA graph, the flow's numpy round-trip share; tools/gpu_micro.py).
 set -u
 cd "$(dirname "$0")/.."
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
@@ -77,12 +78,18 @@ BACKENDS=torch,torch:bf16,torch:fp16
 $PY -c "import onnxruntime as o, sys; sys.exit('CUDAExecutionProvider' not in o.get_available_providers())" \
     2> /dev/null && [[ $DEVICE == cuda* ]] && BACKENDS=$BACKENDS,onnx:fp16
 step bench 260 $PY -m cosyvoice_onnx bench --size "$SIZE" --work "$WORK" --device "$DEVICE" \
-    --backends "$BACKENDS" --backend-timeout "${GPU_CHECK_BACKEND_TIMEOUT_S:-75}" --repeats "${GPU_CHECK_REPEATS:-3}" ${GPU_CHECK_QUICK:+--quick} --json "$OUT/bench.json" \
+    --backends "$BACKENDS" --backend-timeout "${GPU_CHECK_BACKEND_TIMEOUT_S:-75}" \
+    --repeats "${GPU_CHECK_REPEATS:-3}" ${GPU_CHECK_QUICK:+--quick} --json "$OUT/bench.json" \
     > "$OUT/bench.txt" 2> "$OUT/bench.log"
 
-for precision in bf16 fp16 fp32; do
-    step "parity-$precision" 75 $PY -m cosyvoice_onnx parity --model "$MODEL" --device "$DEVICE" \
-        --test-backend torch --precision "$precision" --max-tokens "${GPU_CHECK_PARITY_TOKENS:-150}" \
-        --json "$OUT/parity-$precision.json" > "$OUT/parity-$precision.txt" 2> "$OUT/parity-$precision.log"
-done
+parity() {
+    step "parity-$1" 75 $PY -m cosyvoice_onnx parity --model "$MODEL" --device "$DEVICE" \
+        --test-backend torch --precision "$1" --max-tokens "${GPU_CHECK_PARITY_TOKENS:-150}" \
+        --json "$OUT/parity-$1.json" > "$OUT/parity-$1.txt" 2> "$OUT/parity-$1.log"
+}
+parity bf16
+# LM decode eager vs CUDA graph, and what the flow's numpy interface costs per estimator call.
+step micro 60 $PY tools/gpu_micro.py "$MODEL" "$DEVICE" bf16 > "$OUT/micro.json" 2> "$OUT/micro.log"
+parity fp16
+parity fp32
 log "total: $((SECONDS - START)) s"

@@ -147,3 +147,18 @@ def test_vocoder_refuses_half_precision(tiny_model_dir):
         loader.load(files, ["vocoder"], precision="bf16")
     hift = loader.load(files, ["vocoder"])["vocoder"].hift
     assert hift.f0_predictor.classifier.weight.dtype == torch.float64
+
+
+def test_failed_capture_falls_back_to_eager_with_a_warning(monkeypatch):
+    inputs = (torch.tensor([2.0]), torch.tensor([3.0]))
+    step = CapturedStep(lambda a, b: a + b, inputs, use_graph=False)
+    step.use_graph = True  # as on a CUDA tensor
+
+    def refuse():
+        raise RuntimeError("operation not permitted when stream is capturing\ndetails")
+
+    monkeypatch.setattr(step, "_capture", refuse)
+    with pytest.warns(UserWarning, match="running the step eagerly: operation not permitted"):
+        assert float(step.run()) == 5.0
+    assert not step.use_graph and step.capture_error.startswith("operation not permitted")
+    assert float(step.run()) == 5.0

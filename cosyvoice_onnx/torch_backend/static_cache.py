@@ -13,6 +13,7 @@ outgrows its slot moves to a larger one (one copy; that slot's graph is captured
 from __future__ import annotations
 
 import threading
+import warnings
 import weakref
 from collections.abc import Callable
 
@@ -40,15 +41,21 @@ class CapturedStep:
         self.use_graph = use_graph and all(t.is_cuda for t in inputs)
         self.graph = None
         self.output: torch.Tensor | None = None
+        self.capture_error: str | None = None
 
     @property
     def captured(self) -> bool:
         return self.graph is not None
 
     def run(self) -> torch.Tensor:
-        if self.use_graph:
-            if self.graph is None:
+        if self.use_graph and self.graph is None:
+            try:
                 self._capture()
+            except RuntimeError as exc:
+                # A kernel that cannot be captured must not cost the request: run eagerly from now on, and say so.
+                self.use_graph, self.capture_error = False, str(exc).splitlines()[0]
+                warnings.warn(f"CUDA graph capture failed, running the step eagerly: {self.capture_error}")
+        if self.use_graph:
             self.graph.replay()
             return self.output
         self.output = self.fn(*self.inputs)

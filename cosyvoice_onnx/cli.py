@@ -13,10 +13,12 @@ from pathlib import Path
 from .cli_args import check_output_dir, float_range, int_range, output_dir, output_file, seed
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError, InputError
-from .plan import EXPORT_PRECISIONS, SYNTAX as PLAN_SYNTAX
+from .plan import PRECISIONS, SYNTAX as PLAN_SYNTAX
 
 
 MAX_PARITY_TOKENS = 5000  # a parity run decodes at most this many LM steps per backend
+
+DEVICE_HELP = "auto (a GPU where the backend sees one), cpu, cuda or cuda:N"
 
 
 def _cmd_make_tiny_model(args) -> int:
@@ -45,7 +47,7 @@ def _cmd_synth(args) -> int:
     from .request import SynthesisRequest
     from .prompts import preset_instruction
 
-    plan = ExecutionPlan.parse(args.backend, device=getattr(args, "device", "cpu"))
+    plan = ExecutionPlan.parse(args.backend, device=args.device)
     instruct = args.instruct
     if args.instruct_preset:
         # Presets differ per release; checked before the weights load so a typo fails fast.
@@ -137,7 +139,7 @@ def _cmd_parity(args) -> int:
 
     report = run_parity(args.model, args.export_dir, precision=args.precision, prompt_wav=args.prompt_wav,
                         prompt_text=args.prompt_text, text=args.text, seed=args.seed, max_tokens=args.max_tokens,
-                        llm_variant=args.llm, device=getattr(args, "device", "cpu"))
+                        llm_variant=args.llm, device=args.device, test_backend=args.test_backend)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
@@ -183,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
     s.add_argument("--backend", default="torch", help=PLAN_SYNTAX)
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
+    s.add_argument("--device", default="auto", help=DEVICE_HELP)
     s.add_argument("--out", required=True, type=output_file)
     add_synth_controls(s)
     s.set_defaults(func=_cmd_synth)
@@ -208,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("parity", help="compare PyTorch and ONNX stage by stage from the same seed")
     q.add_argument("--model", required=True, type=Path)
     q.add_argument("--export-dir", type=Path, default=None, help="default: MODEL/onnx")
-    q.add_argument("--precision", default="fp32", choices=EXPORT_PRECISIONS)
+    q.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="of the engine under test (bf16: PyTorch only; int8: ONNX only)")
+    q.add_argument("--device", default="auto",
+                   help="where the engine under test runs (the fp32 reference always runs on the CPU): auto, cpu, "
+                        "cuda or cuda:N; with cuda the engine under test defaults to PyTorch")
+    q.add_argument("--test-backend", default=None, choices=["torch", "onnx"],
+                   help="engine under test (default: onnx on the CPU, torch on a GPU)")
     q.add_argument("--prompt-wav", type=Path, default=None, help="default: a synthetic voice-like clip")
     q.add_argument("--prompt-text", default="This is the prompt clip.")
     q.add_argument("--text", default="Hello! This sentence checks that both backends say exactly the same thing.")

@@ -38,11 +38,12 @@ class CosyVoice:
     """A loaded model: `synthesize()` for applications, `generate_tokens/tokens_to_mel/mel_to_audio` for harnesses."""
 
     def __init__(self, model_dir: str | Path, backend: str | dict | ExecutionPlan | None = "torch",
-                 device: str | Device | None = "cpu", llm_variant: str = "base",
+                 device: str | Device | None = "auto", llm_variant: str = "base",
                  export_dir: str | Path | None = None):
         """`backend`: an ExecutionPlan or its spec (plan.py: `torch`, `onnx:int8`, `lm=onnx:int8,flow=torch,...`);
-        `device` applies to the stages whose spec names none."""
-        self.plan = ExecutionPlan.parse(backend, device=device)
+        `device` (auto, cpu, cuda[:N]) applies to the stages whose spec names none; `auto` becomes a GPU where the
+        stage's backend sees one, else the CPU, so `self.plan` names concrete devices."""
+        self.plan = ExecutionPlan.parse(backend, device=device).resolved()
         self.files = inspect_model_dir(model_dir, llm_variant)
         self.cfg = self.files.config
         self.sample_rate = self.cfg.hift.sampling_rate

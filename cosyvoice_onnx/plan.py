@@ -13,23 +13,23 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from .devices import CPU, Device, parse_device
+from .devices import CPU, Device, parse_device, resolve_onnx, resolve_torch
 from .errors import InputError
 
 STAGES = ("lm", "flow", "vocoder")
 BACKENDS = ("torch", "onnx")
-# Precisions each backend runs per stage. The vocoder runs in fp32 on ONNX at every precision (its f0
-# predictor overflows fp16 and int8 audibly degrades a waveform); a torch vocoder may run bf16 (fp32's range).
+# Precisions each backend runs per stage. The vocoder runs in fp32 on both backends at every precision: its f0
+# predictor overflows fp16, bf16 loses the NSF phase's pitch, and int8 audibly degrades a waveform.
 SUPPORTED = {
     ("torch", "lm"): ("fp32", "bf16", "fp16"),
     ("torch", "flow"): ("fp32", "bf16", "fp16"),
-    ("torch", "vocoder"): ("fp32", "bf16"),
+    ("torch", "vocoder"): ("fp32",),
     ("onnx", "lm"): ("fp32", "fp16", "int8"),
     ("onnx", "flow"): ("fp32", "fp16", "int8"),
     ("onnx", "vocoder"): ("fp32",),
 }
-# A global or per-stage int8/fp16 choice leaves the vocoder in fp32 rather than refusing it.
-VOCODER_STAYS_FP32 = ("int8", "fp16")
+# A global or per-stage reduced-precision choice leaves the vocoder in fp32 rather than refusing it.
+VOCODER_STAYS_FP32 = ("int8", "fp16", "bf16")
 # Precisions an ONNX export can be made in (fp32 first: the other precisions derive from its graphs).
 EXPORT_PRECISIONS = ("fp32", "fp16", "int8")
 PRECISIONS = tuple(dict.fromkeys(p for options in SUPPORTED.values() for p in options))
@@ -99,7 +99,7 @@ def _parse_choice(stage: str, text: str, device: Device) -> StagePlan:
 
 
 def stage_plan(stage: str, backend: str, precision: str = "fp32", device: Device = CPU) -> StagePlan:
-    """The plan of one stage, checked against SUPPORTED; the vocoder stays fp32 under int8 and fp16."""
+    """The plan of one stage, checked against SUPPORTED; the vocoder stays fp32 under every reduced precision."""
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r} for {stage}; choose torch or onnx ({SYNTAX})")
     if precision not in PRECISIONS:
@@ -154,7 +154,7 @@ class ExecutionPlan:
 
     @classmethod
     def everywhere(cls, backend: str, precision: str = "fp32", device: str | Device | None = "cpu") -> ExecutionPlan:
-        """Every stage on one backend in one precision (the vocoder stays fp32 under int8 and fp16)."""
+        """Every stage on one backend in one precision (the vocoder stays fp32 under every reduced precision)."""
         device = parse_device(device if device is not None else "cpu")
         return cls(**{s: stage_plan(s, backend, precision, device) for s in STAGES})
 
@@ -171,6 +171,12 @@ class ExecutionPlan:
     def with_device(self, device: str | Device) -> ExecutionPlan:
         device = parse_device(device)
         return ExecutionPlan(**{s: replace(p, device=device) for s, p in self.stages().items()})
+
+    def resolved(self) -> ExecutionPlan:
+        """The same plan with every `auto` device made concrete: a GPU where the stage's backend sees one, else the
+        CPU (torch and onnxruntime see GPUs apart); asking for CUDA where the backend has none raises InputError."""
+        resolve = {"torch": resolve_torch, "onnx": resolve_onnx}
+        return ExecutionPlan(**{s: replace(p, device=resolve[p.backend](p.device)) for s, p in self.stages().items()})
 
     def __str__(self) -> str:
         """`onnx:int8` when one choice spelled alone gives this plan, else `lm=...,flow=...,vocoder=...`."""

@@ -48,8 +48,8 @@ class OnnxFlow:
         self.device = device
         graphs = graphs or graph_files("flow", precision)
         encoder_path, estimator_path = export_dir / graphs["flow_encoder"], export_dir / graphs["flow_estimator"]
-        self.encoder = make_session(encoder_path, threads=threads)
-        self.estimator = make_session(estimator_path, threads=threads)
+        self.encoder = make_session(encoder_path, threads=threads, device=device)
+        self.estimator = make_session(estimator_path, threads=threads, device=device)
         self.encoder_inputs = ENCODER_IO[self.cfg.kind][0]
         _check_io(self.encoder, encoder_path, ENCODER_IO[self.cfg.kind], self.cfg.mel_dim)
         _check_io(self.estimator, estimator_path, ESTIMATOR_IO, self.cfg.mel_dim)

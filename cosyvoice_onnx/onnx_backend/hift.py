@@ -37,7 +37,7 @@ class OnnxVocoder:
         self.device = device
         export_dir = Path(export_dir)
         graphs = graphs or graph_files("vocoder", "fp32", self.cfg.causal)
-        self.sessions = {finalize: make_session(export_dir / graphs[role], threads=threads)
+        self.sessions = {finalize: make_session(export_dir / graphs[role], threads=threads, device=device)
                          for finalize, role in GRAPHS[self.cfg.causal].items()}
 
     def source_samples(self, frames: int, finalize: bool) -> int:

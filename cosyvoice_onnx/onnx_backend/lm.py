@@ -1,14 +1,21 @@
 """The speech-token LM on ONNX Runtime: a prefill graph and a one-token decode graph writing one KV cache in place.
 
 The cache of a request is one preallocated buffer per layer and kind ([1, kv_heads, capacity, head_dim], keys
-after RoPE, see export/lm_graph.py). Each buffer is bound through IO binding as both the past and the present
+after RoPE, see export/lm_graph.py), in the memory of the device the graphs run on. Each buffer is bound through IO binding as both the past and the present
 of GroupQueryAttention, which then writes the new positions in place: no cache copy per step, and on CUDA the
 cache never leaves the GPU. A request that outlives its buffers gets larger ones (one copy). The decode binding
 is built once per buffer set and reused; a step only rewrites the three small inputs (token, position, length).
+
+On CUDA with `cuda_graph`, the decode session is opened with the provider's graph capture: every input and output
+of the decode step is then device memory bound at a fixed address (token and position are updated in place),
+`total_sequence_length` is the buffer's capacity (GroupQueryAttention reads the real lengths from seqlens_k when
+past and present share one buffer), and each buffer set replays its own graph (`gpu_graph_id`). This path follows
+onnxruntime-gpu's documented API and has not been run here (no onnxruntime-gpu on the machines this was built on).
 """
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +26,7 @@ from ..config import ModelConfig
 from ..devices import CPU, Device
 from ..errors import ExportError, InputError
 from ..plan import graph_files
-from .session import make_session
+from .session import make_session, session_device
 
 PREFILL = "lm_prefill"
 DECODE = "lm_decode"
@@ -85,17 +92,17 @@ class KVBuffers:
     The request's logits land in `logits` (per request, so concurrent requests on one model never share it).
     """
 
-    def __init__(self, cfg: ModelConfig, capacity: int, dtype: type, device: str):
+    def __init__(self, cfg: ModelConfig, capacity: int, dtype: type, device: Device, graph_id: int = 0):
         c = cfg.llm
-        self.capacity, self.dtype, self.device = capacity, dtype, device
+        self.capacity, self.dtype, self.device, self.graph_id = capacity, dtype, device, graph_id
         shape = (c.num_layers, len(CACHE_KINDS), 1, c.num_kv_heads, capacity, c.head_dim)
-        if device == "cpu":
+        if not device.is_cuda:
             self.host = np.zeros(shape, dtype)
             self.values = [ort.OrtValue.ortvalue_from_numpy(self.host[layer, kind])
                            for layer in range(shape[0]) for kind in range(shape[1])]
         else:
             self.host = None
-            self.values = [ort.OrtValue.ortvalue_from_shape_and_type(list(shape[2:]), dtype, device, 0)
+            self.values = [ort.OrtValue.ortvalue_from_shape_and_type(list(shape[2:]), dtype, "cuda", device.index)
                            for _ in range(shape[0] * shape[1])]
         self.logits = np.empty(c.speech_vocab_size, np.float32)
         self.decode_binding = None
@@ -143,7 +150,7 @@ class OnnxLanguageModel:
     backend = "onnx"
 
     def __init__(self, export_dir: Path, cfg: ModelConfig, precision: str = "fp32", threads: int | None = None, *,
-                 graphs: dict[str, str] | None = None, device: Device = CPU):
+                 graphs: dict[str, str] | None = None, device: Device = CPU, cuda_graph: bool = True):
         """`graphs`: file names by role (PREFILL, DECODE), as the export's manifest lists them; by default the
         names plan.graph_files gives for `precision`."""
         self.cfg = cfg
@@ -154,7 +161,8 @@ class OnnxLanguageModel:
         self.sessions = {}
         for base in (PREFILL, DECODE):
             path = Path(export_dir) / graphs[base]
-            session = make_session(path, threads=threads)
+            # Graph capture only for the decode step: the prefill's shapes change with every request.
+            session = make_session(path, threads=threads, device=device, cuda_graph=cuda_graph and base == DECODE)
             _check_graph(session, base, path, expected[base])
             self.sessions[base] = session
         decode = self.sessions[DECODE]
@@ -162,9 +170,10 @@ class OnnxLanguageModel:
         cache_type = next(a.type for a in decode.get_inputs() if a.name == cache_names(1)[0][0])
         self.cache_dtype = NUMPY_TYPES[cache_type]
         # The cache lives where the graph runs; logits always come back to the host for sampling.
-        on_cuda = decode.get_providers()[0] == "CUDAExecutionProvider"
-        self.cache_device = "cuda" if on_cuda else "cpu"
+        self.cache_device = session_device(decode)
+        self.cuda_graph = cuda_graph and self.cache_device.is_cuda
         self._names = cache_names(cfg.llm.num_layers)
+        self._graph_ids = itertools.count(1)
 
     def _capacity(self, needed: int, wanted: int = 0) -> int:
         """Positions to allocate: at least `needed`, `wanted` if the RoPE tables reach that far, rounded up."""
@@ -223,6 +232,8 @@ class OnnxLanguageModel:
             raise InputError("this LM cache was already passed to step(); use the cache that step returned")
         cache.consumed = True
         buffers = cache.buffers if cache.length < cache.buffers.capacity else self._grown(cache)
+        if self.cuda_graph:
+            return self._graph_step(int(token_id), cache.length, buffers)
         if buffers.decode_binding is None:
             binding = self._bind(DECODE, buffers)
             feeds = {"token_id": np.zeros(1, np.int64), "seqlens_k": np.zeros(1, np.int32),
@@ -238,3 +249,30 @@ class OnnxLanguageModel:
         feeds["total_sequence_length"][()] = cache.length + 1
         self.sessions[DECODE].run_with_iobinding(binding)
         return buffers.logits.copy(), OnnxLMCache(buffers, cache.length + 1)
+
+    def _graph_step(self, token_id: int, length: int, buffers: KVBuffers) -> tuple[np.ndarray, OnnxLMCache]:
+        """The decode step replayed from the CUDA provider's graph of this buffer set (captured on its first run).
+
+        Token and position are device OrtValues updated in place, the logits a device OrtValue copied back; the
+        capacity stands in for total_sequence_length, which the provider reads on the host only at capture.
+        """
+        if buffers.decode_binding is None:
+            device = buffers.device
+            binding = self._bind(DECODE, buffers)
+            token = ort.OrtValue.ortvalue_from_shape_and_type([1], np.int64, "cuda", device.index)
+            seqlens = ort.OrtValue.ortvalue_from_shape_and_type([1], np.int32, "cuda", device.index)
+            logits = ort.OrtValue.ortvalue_from_shape_and_type([self.cfg.llm.speech_vocab_size], np.float32, "cuda",
+                                                              device.index)
+            binding.bind_ortvalue_input("token_id", token)
+            binding.bind_ortvalue_input("seqlens_k", seqlens)
+            binding.bind_cpu_input("total_sequence_length", np.array(buffers.capacity, np.int32))
+            binding.bind_ortvalue_output("logits", logits)
+            options = ort.RunOptions()
+            buffers.graph_id = next(self._graph_ids)
+            options.add_run_config_entry("gpu_graph_id", str(buffers.graph_id))
+            buffers.decode_binding = (binding, {"token_id": token, "seqlens_k": seqlens, "logits": logits}, options)
+        binding, values, options = buffers.decode_binding
+        values["token_id"].update_inplace(np.array([token_id], np.int64))
+        values["seqlens_k"].update_inplace(np.array([length], np.int32))
+        self.sessions[DECODE].run_with_iobinding(binding, options)
+        return values["logits"].numpy(), OnnxLMCache(buffers, length + 1)

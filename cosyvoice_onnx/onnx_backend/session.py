@@ -5,16 +5,33 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..devices import CPU, CPU_PROVIDER, CUDA_PROVIDER, Device, onnx_providers, parse_device, resolve_onnx
 from ..errors import ExportError
 
+# Today's default: the CUDA provider where this onnxruntime has it, the CPU otherwise.
+AUTO = Device("auto")
 
-def providers(prefer_gpu: bool = True) -> list[str]:
-    """CUDA first when this onnxruntime build has it, CPU always as the fallback."""
-    import onnxruntime as ort
 
-    available = ort.get_available_providers()
-    chosen = ["CUDAExecutionProvider"] if prefer_gpu and "CUDAExecutionProvider" in available else []
-    return chosen + ["CPUExecutionProvider"]
+def providers(device: Device = AUTO, cuda_graph: bool = False) -> list:
+    """Providers for `device` (resolved: auto is CUDA when this onnxruntime has the provider; cuda without it is an
+    InputError naming the missing package). CPU always follows as the fallback for unsupported nodes.
+
+    cuda_graph turns on the CUDA provider's graph capture (`enable_cuda_graph`): the session then replays its first
+    run's kernels, which needs every input and output bound to device memory at fixed addresses (IO binding).
+    """
+    chosen = onnx_providers(resolve_onnx(parse_device(device)))
+    if cuda_graph and chosen[0] != CPU_PROVIDER:
+        name, options = chosen[0]
+        chosen[0] = (name, {**options, "enable_cuda_graph": "1"})
+    return chosen
+
+
+def session_device(session) -> Device:
+    """Where a session runs: cuda:N when its first provider is CUDA, else the CPU."""
+    if session.get_providers()[0] != CUDA_PROVIDER:
+        return CPU
+    options = session.get_provider_options().get(CUDA_PROVIDER, {})
+    return Device("cuda", int(options.get("device_id", 0)))
 
 
 SYSFS_CPU = Path("/sys/devices/system/cpu")
@@ -54,8 +71,10 @@ def _cpu_quota(cgroup_cpu_max: Path) -> int | None:
         return None
 
 
-def make_session(path: Path, *, threads: int | None = None, prefer_gpu: bool = True):
-    """Opens one exported graph; a missing or unreadable file is reported as a stale/corrupt export."""
+def make_session(path: Path, *, threads: int | None = None, device: Device | str | None = AUTO,
+                 cuda_graph: bool = False):
+    """Opens one exported graph on `device` (see `providers`); a missing or unreadable file is reported as a
+    stale/corrupt export."""
     import onnxruntime as ort
 
     path = Path(path)
@@ -69,7 +88,7 @@ def make_session(path: Path, *, threads: int | None = None, prefer_gpu: bool = T
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=providers(prefer_gpu))
+        return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device, cuda_graph))
     except Exception as exc:  # onnxruntime raises Fail / InvalidProtobuf / NoSuchFile
         raise ExportError(f"{path}: cannot be loaded ({str(exc).splitlines()[0][:200]}); "
                           "the file is corrupt or from another version: re-export") from exc

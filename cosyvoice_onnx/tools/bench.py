@@ -313,7 +313,7 @@ def measure_machine(threads: int, repeats: int = 7) -> dict:
         finally:
             root.setLevel(level)
         for name, path in (("ort_sgemm_gflops", fp32), ("ort_int8_gops", int8)):
-            session = make_session(path, threads=threads, prefer_gpu=False)
+            session = make_session(path, threads=threads, device="cpu")
             out[name] = flops / _best_time(lambda s=session: s.run(None, {"a": a}), repeats) / 1e9
     w = np.random.default_rng(2).standard_normal((k, n), dtype=np.float32)
     out["numpy_sgemm_gflops"] = flops / _best_time(lambda: a @ w, repeats) / 1e9
@@ -408,7 +408,7 @@ STAGES_TIMED = {"onnx:int8": [s for s in STAGES if s != "vocoder"],
                 # The int8 LM with the exact fp32 flow: only the whole request differs from the other columns.
                 INT8_LM_ONLY: ["e2e", "ttfa"]}
 COLUMN_NAMES = {"torch": "PyTorch", "onnx": "ONNX fp32", "onnx:int8": "ONNX int8", INT8_LM_ONLY: "ONNX int8 LM",
-                "onnx:fp16": "ONNX fp16"}
+                "onnx:fp16": "ONNX fp16", "torch:bf16": "PyTorch bf16", "torch:fp16": "PyTorch fp16"}
 # Which bound applies to a column: the int8-LM column's flow is fp32, so its bound is neither row; none is shown.
 COLUMN_BOUNDS = {"torch": "fp32", "onnx": "fp32", "onnx:int8": "int8"}
 
@@ -496,15 +496,20 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
     }
 
 
-def run_backend(job: dict) -> dict:
-    """Times the job's stages on one backend; `job` is what `_backend_job` builds."""
+def run_backend(job: dict, partial: Path | None = None) -> dict:
+    """Times the job's stages on one backend; `job` is what `_backend_job` builds. `partial`: a file rewritten
+    after every stage, so a worker stopped by its time limit still reports the stages it finished."""
     from ..plan import ExecutionPlan
 
-    plan = ExecutionPlan.parse(job["backend"])  # the canonical string the parent process wrote
+    # The canonical string the parent process wrote, on the job's device.
+    plan = ExecutionPlan.parse(job["backend"], device=job.get("device", "cpu")).resolved()
+    torch = None
     if plan.uses("torch"):
         import torch
 
         torch.set_num_threads(int(job["threads"]))
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
     from ..backends import load_stages
     from ..model_files import inspect_model_dir
     from ..noise import hift_noise_source
@@ -523,9 +528,13 @@ def run_backend(job: dict) -> dict:
         result[stage] = _timed(fn, int(job["repeats"]), warmup)
         print(f"  {job['backend']}: {stage} {result[stage]['median_s']:.4f} s (median of "
               f"{len(result[stage]['runs_s'])})", file=sys.stderr, flush=True)
+        if partial is not None:
+            partial.write_text(json.dumps({**result, "error": f"stopped after {stage}"}))
     if "e2e" in result:
         result["e2e"]["audio_s"] = work.flow_tokens / cfg.features.token_frame_rate
     result["peak_rss_bytes"] = peak_rss_bytes()
+    if torch is not None and torch.cuda.is_available():
+        result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     return result
 
 
@@ -546,9 +555,9 @@ def peak_rss_bytes() -> int:
 
 
 def _backend_job(backend: str, model_dir: Path, export_dir: Path, threads: int, repeats: int, work: Workload,
-                 stages: list[str]) -> dict:
+                 stages: list[str], device: str = "cpu") -> dict:
     return {"backend": backend, "model_dir": str(model_dir), "export_dir": str(export_dir), "threads": threads,
-            "repeats": repeats, "workload": asdict(work), "stages": stages}
+            "repeats": repeats, "workload": asdict(work), "stages": stages, "device": device}
 
 
 def run_backend_subprocess(job: dict) -> dict:
@@ -557,20 +566,38 @@ def run_backend_subprocess(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         # The worker's progress and any traceback go to our stderr; stdout stays for the table.
-        proc = subprocess.run([sys.executable, "-m", "cosyvoice_onnx.tools.bench", json.dumps(job), str(out)], env=env,
-                              stdout=sys.stderr)
+        command = [sys.executable, "-m", "cosyvoice_onnx.tools.bench", json.dumps(job), str(out)]
+        try:
+            proc = subprocess.run(command, env=env, stdout=sys.stderr, timeout=job.get("timeout_s"))
+        except subprocess.TimeoutExpired:
+            if out.exists():  # the stages finished before the limit
+                return {**json.loads(out.read_text()), "error": f"stopped at its {job['timeout_s']} s limit"}
+            raise CosyVoiceError(f"the {job['backend']} benchmark ran past its {job['timeout_s']} s limit") from None
+        failed = f"the {job['backend']} benchmark failed (exit code {proc.returncode}); its output is above"
+        if proc.returncode != 0 and out.exists() and job.get("timeout_s"):
+            return {**json.loads(out.read_text()), "error": failed}  # with the stages that finished
         if proc.returncode != 0 or not out.exists():
-            raise CosyVoiceError(f"the {job['backend']} benchmark failed (exit code {proc.returncode}); "
-                                 "its output is above")
-        return json.loads(out.read_text())
+            raise CosyVoiceError(failed)
+        result = json.loads(out.read_text())
+        result.pop("error", None)
+        return result
 
 
 # --------------------------------------------------------------------------- the whole run
 
 
-def backends_for(precisions: list[str], cuda: bool) -> list[str]:
+# On a GPU: PyTorch in every precision it has there, then ONNX fp16 where onnxruntime has the CUDA provider.
+GPU_TORCH_BACKENDS = ["torch", "torch:bf16", "torch:fp16"]
+
+
+def backends_for(precisions: list[str], cuda: bool, device=None) -> list[str]:
+    """The columns of one run, as canonical plan strings. `device` cuda: GPU_TORCH_BACKENDS (+ onnx:fp16 with
+    onnxruntime's CUDA provider); otherwise PyTorch and ONNX on the CPU (fp16 only where the CUDA provider exists)."""
+    from ..devices import parse_device
     from ..plan import ExecutionPlan, stage_plan
 
+    if device is not None and parse_device(device).is_cuda:
+        return GPU_TORCH_BACKENDS + (["onnx:fp16"] if cuda else [])
     plans = [ExecutionPlan.everywhere("torch"), ExecutionPlan.everywhere("onnx")]
     plans += [ExecutionPlan.everywhere("onnx", p) for p in precisions if p == "int8" or (p == "fp16" and cuda)]
     if "int8" in precisions:
@@ -581,10 +608,16 @@ def backends_for(precisions: list[str], cuda: bool) -> list[str]:
 
 def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str | Path | None = None,
               precisions: str = "fp32,int8", threads: int | None = None, repeats: int = 3,
-              workload: Workload | None = None, progress: Callable[[str], None] = print, version: int = 3) -> dict:
-    """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes)."""
+              workload: Workload | None = None, progress: Callable[[str], None] = print, version: int = 3,
+              device: str = "cpu", backends: list[str] | None = None, backend_timeout_s: float | None = None) -> dict:
+    """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes). `device` cuda times the
+    stages on the GPU (GPU_TORCH_BACKENDS, and ONNX fp16 where onnxruntime has the CUDA provider). `backends`
+    names the columns instead (e.g. ["torch", "torch:bf16"]); only the ONNX precisions among them are exported.
+    backend_timeout_s bounds each column's worker: one that fails or runs out of time is reported with what it
+    finished, and the other columns still run."""
     import onnxruntime as ort
 
+    from ..devices import parse_device, resolve_torch
     from ..plan import parse_precisions
     from ..onnx_backend.session import default_threads
 
@@ -594,19 +627,40 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
     threads = threads or default_threads()
     wanted = parse_precisions(precisions)
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    on_gpu = parse_device(device).is_cuda
+    if on_gpu:
+        resolve_torch(parse_device(device))  # a missing GPU fails here, before minutes of model building
+        # Only the GPU's precisions are exported: fp16 where ONNX Runtime can run it there, nothing otherwise.
+        wanted = ["fp16"] if cuda else []
+    names = backends_for(wanted, cuda, device)
+    if backends:
+        from ..backends import parse_backend
+
+        names = [name.strip() for name in backends]
+        for name in names:
+            parse_backend(name)  # a typo fails here, not in a worker after the model is built
+        wanted = sorted({b.partition(":")[2] or "fp32" for b in names if b.startswith("onnx")})
     work = Path(work) if work else default_work_dir()
     model, export_dir = prepare(size, work, wanted, Path(model_dir) if model_dir else None, progress, version)
     described = str(model) if model_dir else f"CosyVoice{version} dimensions ({size}), seeded random weights"
     report = {"model": described, "machine": describe_machine(),
-              "workload": asdict(workload), "threads": threads}
+              "workload": asdict(workload), "threads": threads, "device": str(device)}
     progress("measuring this machine (GEMM rates, memory bandwidth)")
     before = measure_machine(threads)
     report["backends"] = {}
-    for backend in backends_for(wanted, cuda):
+    for backend in names:
         stages = STAGES_TIMED.get(backend, list(STAGES))
-        progress(f"timing {backend} ({', '.join(stages)})")
-        report["backends"][backend] = run_backend_subprocess(
-            _backend_job(backend, model, export_dir, threads, repeats, workload, stages))
+        progress(f"timing {backend} on {device} ({', '.join(stages)})")
+        job = _backend_job(backend, model, export_dir, threads, repeats, workload, stages, str(device))
+        if backend_timeout_s is None:
+            report["backends"][backend] = run_backend_subprocess(job)
+            continue
+        try:
+            report["backends"][backend] = run_backend_subprocess({**job, "timeout_s": backend_timeout_s})
+        except CosyVoiceError as exc:
+            report["backends"][backend] = {"backend": backend, "error": str(exc)}
+        if "error" in report["backends"][backend]:
+            progress(f"{backend}: {report['backends'][backend]['error']}")
     report["machine"]["load_average_after"] = list(os.getloadavg())
     report["rates"] = {**best_rates(before, measure_machine(threads)), "gemm_shape": list(SGEMM_SHAPE)}
     from ..model_files import inspect_model_dir
@@ -683,8 +737,9 @@ def format_report(report: dict) -> str:
                 row.append("-")
                 continue
             cell = _seconds(measured["median_s"])
-            # The bounds describe this CPU; an fp16 run is on the GPU, which the bench does not measure.
-            bound = report["bounds"].get(COLUMN_BOUNDS.get(name), {}).get(stage, {}).get("seconds")
+            # The bounds describe this CPU; a run on the GPU, which the bench does not measure, gets none.
+            on_gpu = str(report.get("device", "cpu")).startswith("cuda")
+            bound = None if on_gpu else report["bounds"].get(COLUMN_BOUNDS.get(name), {}).get(stage, {}).get("seconds")
             if bound:
                 cell += f" ({measured['median_s'] / bound:.1f}x)"
             if stage == "e2e":
@@ -696,12 +751,17 @@ def format_report(report: dict) -> str:
             row.append("-" if torch_result is None or other is None
                        else f"{torch_result['median_s'] / other['median_s']:.2f}x")
         rows.append(row)
-    rows.append(["peak RSS", "", "", "", ""] + [f"{r['peak_rss_bytes'] / 2**30:.2f} GiB" for r in backends.values()]
-                + [""] * len(onnx_names))
-    rows.append(["load time", "", "", "", ""] + [_seconds(r["load_s"]) for r in backends.values()]
-                + [""] * len(onnx_names))
+    rows.append(["peak RSS", "", "", "", ""] + [f"{r['peak_rss_bytes'] / 2**30:.2f} GiB" if "peak_rss_bytes" in r
+                                                 else "-" for r in backends.values()] + [""] * len(onnx_names))
+    rows.append(["load time", "", "", "", ""] + [_seconds(r["load_s"]) if "load_s" in r else "-"
+                                                  for r in backends.values()] + [""] * len(onnx_names))
+    if any("peak_gpu_bytes" in r for r in backends.values()):
+        rows.append(["peak GPU memory", "", "", "", ""] + [
+            f"{r['peak_gpu_bytes'] / 2**30:.2f} GiB" if "peak_gpu_bytes" in r else "-" for r in backends.values()]
+            + [""] * len(onnx_names))
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines += [f"{COLUMN_NAMES.get(name, name)}: {r['error']}" for name, r in backends.items() if "error" in r]
     lines.append("(ONNX int8: int8 LM and flow estimator, fp32 vocoder (timed under ONNX fp32); ONNX int8 LM: the "
                  "int8 LM with the fp32 flow and vocoder, timed end to end only)")
     return "\n".join(lines)
@@ -720,6 +780,13 @@ def add_bench_command(sub) -> None:
                         f"(default {default_work_dir()})")
     b.add_argument("--precisions", default="fp32,int8",
                    help="ONNX precisions: fp32, int8 (LM and flow estimator), fp16 (CUDA only)")
+    b.add_argument("--device", default="cpu",
+                   help="cpu, or cuda / cuda:N: PyTorch fp32, bf16 and fp16 on the GPU (and ONNX fp16 where "
+                        "onnxruntime has the CUDA provider) in one run; the cost-model bounds describe the CPU only")
+    b.add_argument("--backends", default=None,
+                   help="the columns to time instead of the default set, e.g. torch,torch:bf16,onnx:int8")
+    b.add_argument("--backend-timeout", type=float, default=None,
+                   help="seconds per column; a column that fails or runs out is reported and the others still run")
     b.add_argument("--threads", type=int_range(1, 1024), default=None,
                    help="threads per backend (default: the ONNX backend's, one per physical core)")
     b.add_argument("--repeats", type=int_range(1, 1000), default=3, help="timed runs per stage, after a warm-up")
@@ -731,7 +798,9 @@ def add_bench_command(sub) -> None:
 def _cmd_bench(args) -> int:
     report = run_bench(args.size, args.work, args.model, args.precisions, args.threads,
                        1 if args.quick else args.repeats, Workload.quick() if args.quick else Workload(),
-                       progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version)
+                       progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version,
+                       device=args.device, backends=args.backends.split(",") if args.backends else None,
+                       backend_timeout_s=args.backend_timeout)
     print(format_report(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
@@ -741,4 +810,4 @@ def _cmd_bench(args) -> int:
 
 if __name__ == "__main__":
     # Worker mode, started by run_backend_subprocess: `python -m cosyvoice_onnx.tools.bench JOB_JSON OUT_JSON`.
-    Path(sys.argv[2]).write_text(json.dumps(run_backend(json.loads(sys.argv[1]))))
+    Path(sys.argv[2]).write_text(json.dumps(run_backend(json.loads(sys.argv[1]), Path(sys.argv[2]))))

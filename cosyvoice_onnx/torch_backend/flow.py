@@ -38,7 +38,8 @@ class TimeEmbedding(nn.Module):
         self.time_mlp = nn.Sequential(nn.Linear(feature_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.time_mlp(sinusoidal_time_features(t, self.feature_dim).to(t.dtype))
+        # Features from float32 times, then the MLP's dtype (t * 1000 does not survive half precision).
+        return self.time_mlp(sinusoidal_time_features(t, self.feature_dim).to(self.time_mlp[0].weight.dtype))
 
 
 class CausalConvPositionEmbedding(nn.Module):
@@ -198,6 +199,9 @@ def streaming_attention_mask(valid: torch.Tensor, chunk_size: int, streaming: bo
 class DiT(nn.Module):
     """CFM velocity estimator: (x, mask, mu, t, spks, cond) -> velocity, all channels-first."""
 
+    # Kept float32 when the estimator runs in half precision: RoPE angles of positions in the hundreds.
+    keep_dtype = ("rotary_embed.inv_freq",)
+
     def __init__(self, cfg: FlowConfig):
         super().__init__()
         self.dim = cfg.dit_dim
@@ -312,13 +316,21 @@ def _to_tensor(array: np.ndarray, device: torch.device, dtype=torch.float32) -> 
 
 
 class TorchFlow:
-    """FlowStage on a CausalFlow or ConformerUNetFlow module (numpy in, numpy out, fp32)."""
+    """FlowStage on a CausalFlow or ConformerUNetFlow module (numpy in, numpy out, float32 at the edges).
+
+    `dtype` is the velocity estimator's (weights converted once here; its inputs are cast on the way in, t stays
+    float32); the token encoder and speaker projection are small and stay float32.
+    """
 
     backend = "torch"
 
-    def __init__(self, flow: nn.Module, device: str | torch.device = "cpu"):
+    def __init__(self, flow: nn.Module, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        from .precision import place
+
         self.device = torch.device(device)
+        self.dtype = dtype
         self.flow = flow.to(self.device).eval()
+        place(self.flow.estimator, self.device, dtype)
 
     @torch.inference_mode()
     def embed_speaker(self, embedding: np.ndarray) -> np.ndarray:
@@ -331,5 +343,6 @@ class TorchFlow:
 
     @torch.inference_mode()
     def estimate(self, x, mask, mu, t, spks, cond, streaming: bool) -> np.ndarray:
-        args = (_to_tensor(a, self.device) for a in (x, mask, mu, t, spks, cond))
-        return self.flow.estimator(*args, streaming=streaming).float().cpu().numpy()
+        x, mask, mu, spks, cond = (_to_tensor(a, self.device, self.dtype) for a in (x, mask, mu, spks, cond))
+        velocity = self.flow.estimator(x, mask, mu, _to_tensor(t, self.device), spks, cond, streaming=streaming)
+        return velocity.float().cpu().numpy()

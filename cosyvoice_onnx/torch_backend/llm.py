@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LLMConfig
+from .static_cache import CapturedStep, Lease, Slot, SlotPool, StaticCache, capacity_for
 
 # One (key, value) pair per layer, each [1, kv_heads, cached_len, head_dim]; keys are stored after RoPE.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -52,15 +53,25 @@ class Qwen2Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.num_heads * cfg.head_dim, cfg.hidden_size, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, past_k: torch.Tensor,
-                past_v: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                past_v: torch.Tensor, mask: torch.Tensor, write_index: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Without `write_index` the new keys/values are appended to past_k/past_v (a new tensor). With it,
+        past_k/past_v are preallocated buffers: the new positions are written in place at `write_index` and
+        attention reads the first mask.shape[-1] positions of the buffers."""
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        keys = torch.cat((past_k, k), dim=2)
-        values = torch.cat((past_v, v), dim=2)
+        # RoPE in float32 (the tables are float32), back to the weights' dtype: a no-op in fp32.
+        q = (q * cos + rotate_half(q) * sin).to(x.dtype)
+        k = (k * cos + rotate_half(k) * sin).to(x.dtype)
+        if write_index is None:
+            keys = torch.cat((past_k, k), dim=2)
+            values = torch.cat((past_v, v), dim=2)
+        else:
+            past_k.index_copy_(2, write_index, k)
+            past_v.index_copy_(2, write_index, v)
+            keys, values = past_k[:, :, :mask.shape[-1]], past_v[:, :, :mask.shape[-1]]
         out = F.scaled_dot_product_attention(q, self._share_kv(keys), self._share_kv(values), attn_mask=mask,
                                              scale=self.head_dim ** -0.5)
         out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
@@ -93,8 +104,8 @@ class Qwen2DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, past_k, past_v, mask):
-        attended, keys, values = self.self_attn(self.input_layernorm(x), cos, sin, past_k, past_v, mask)
+    def forward(self, x, cos, sin, past_k, past_v, mask, write_index=None):
+        attended, keys, values = self.self_attn(self.input_layernorm(x), cos, sin, past_k, past_v, mask, write_index)
         x = x + attended
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, keys, values
@@ -192,18 +203,49 @@ class CosyVoice3LM(nn.Module):
             new_kv.append((keys, values))
         return self.backbone.norm(hidden), new_kv
 
+    def forward_static(self, embeds: torch.Tensor, buffers: KVCache, position: torch.Tensor,
+                       visible: int | None = None) -> torch.Tensor:
+        """Like forward_hidden, but the cache is preallocated buffers [1, kv_heads, capacity, head_dim] per layer
+        that the new positions (position[0] onwards, a tensor) are written into in place.
+
+        visible=n attends over the first n buffer positions: the same tensors forward_hidden computes on, so the
+        same numbers. visible=None attends over the whole buffer with a mask hiding the positions not yet written:
+        every shape is fixed, which is what a captured CUDA graph needs (the sum then runs over masked zeros too,
+        so the result may differ from forward_hidden in the last bits).
+        """
+        device = embeds.device
+        positions = position.reshape(-1)[:1] + torch.arange(embeds.shape[1], device=device)
+        cos, sin = rotary_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        keys = buffers[0][0].shape[2] if visible is None else visible
+        mask = torch.arange(keys, device=device)[None, :] <= positions[:, None]
+        hidden = embeds
+        for layer, (cache_k, cache_v) in zip(self.backbone.layers, buffers):
+            hidden, _, _ = layer(hidden, cos, sin, cache_k, cache_v, mask, write_index=positions)
+        return self.backbone.norm(hidden)
+
     def logits(self, h_last: torch.Tensor) -> torch.Tensor:
         """Speech-vocabulary logits [V] from one final hidden state [1, H]."""
         return self.llm_decoder(h_last).reshape(-1)
 
 
 class TorchLanguageModel:
-    """`LanguageModelStage` on PyTorch: numpy ids in, float32 logits out; the cache is the layer KV list."""
+    """`LanguageModelStage` on PyTorch: numpy ids in, float32 logits out.
+
+    The cache is the layer KV list (`forward_hidden`, the exact CPU path) or, with `static_cache`, a
+    `StaticCache` handle on preallocated buffers whose decode step is captured as a CUDA graph when `cuda_graph`
+    (both default on for a CUDA model). static_cache without cuda_graph attends over exactly the cached positions
+    (the same numbers as the list path); with cuda_graph it attends over the whole buffer with a mask, and on a
+    CPU that fixed-shape step runs eagerly (see static_cache.CapturedStep).
+    """
 
     backend = "torch"
 
-    def __init__(self, model: CosyVoice3LM):
+    def __init__(self, model: CosyVoice3LM, static_cache: bool | None = None, cuda_graph: bool | None = None):
         self.model = model.eval()
+        on_cuda = model.speech_embedding.weight.is_cuda
+        self.static_cache = on_cuda if static_cache is None else static_cache
+        self.cuda_graph = self.static_cache and (on_cuda if cuda_graph is None else cuda_graph)
+        self.slots = SlotPool(self._new_slot)
 
     @classmethod
     def from_state_dict(cls, cfg: LLMConfig, state_dict: dict[str, torch.Tensor]) -> TorchLanguageModel:
@@ -218,15 +260,63 @@ class TorchLanguageModel:
         device = self.model.speech_embedding.weight.device
         return torch.as_tensor(np.asarray(ids, dtype=np.int64).reshape(-1), device=device)
 
+    def _logits(self, hidden: torch.Tensor) -> np.ndarray:
+        return self.model.logits(hidden[:, -1]).to(torch.float32).cpu().numpy()
+
     def _run(self, embeds: torch.Tensor, cache: KVCache | None) -> tuple[np.ndarray, KVCache]:
         hidden, cache = self.model.forward_hidden(embeds, cache)
-        logits = self.model.logits(hidden[:, -1])
-        return logits.to(torch.float32).cpu().numpy(), cache
+        return self._logits(hidden), cache
 
-    def prefill(self, text_ids: np.ndarray, prompt_speech_ids: np.ndarray) -> tuple[np.ndarray, KVCache]:
+    def prefill(self, text_ids: np.ndarray, prompt_speech_ids: np.ndarray) -> tuple[np.ndarray, KVCache | StaticCache]:
         with torch.inference_mode():
-            return self._run(self.model.build_prefix(self._ids(text_ids), self._ids(prompt_speech_ids)), None)
+            embeds = self.model.build_prefix(self._ids(text_ids), self._ids(prompt_speech_ids))
+            logits, cache = self._run(embeds, None)
+            if not self.static_cache:
+                return logits, cache
+            length = embeds.shape[1]
+            # Room for the longest decode the sampler allows by default (max_token_text_ratio * text length).
+            headroom = int(self.model.cfg.max_token_text_ratio * len(np.asarray(text_ids).reshape(-1))) + 1
+            lease = self.slots.lease(capacity_for(length + 1, length + headroom))
+            for (cache_k, cache_v), (keys, values) in zip(lease.slot.buffers, cache):
+                cache_k[:, :, :length].copy_(keys)
+                cache_v[:, :, :length].copy_(values)
+            return logits, StaticCache(lease, length)
 
-    def step(self, token_id: int, cache: KVCache) -> tuple[np.ndarray, KVCache]:
+    def step(self, token_id: int, cache: KVCache | StaticCache) -> tuple[np.ndarray, KVCache | StaticCache]:
         with torch.inference_mode():
-            return self._run(self.model.embed_speech(self._ids([int(token_id)])), cache)
+            if not isinstance(cache, StaticCache):
+                return self._run(self.model.embed_speech(self._ids([int(token_id)])), cache)
+            cache.take()
+            lease = cache.lease if cache.length < cache.slot.capacity else self._grown(cache)
+            slot = lease.slot
+            slot.token.fill_(int(token_id))
+            slot.position.fill_(cache.length)
+            if self.cuda_graph:
+                logits = slot.step.run()
+            else:
+                hidden = self.model.forward_static(self.model.embed_speech(slot.token), slot.buffers, slot.position,
+                                                   visible=cache.length + 1)
+                logits = self.model.logits(hidden[:, -1])
+            return logits.to(torch.float32).cpu().numpy(), StaticCache(lease, cache.length + 1)
+
+    def _grown(self, cache: StaticCache) -> Lease:
+        """A slot twice as large holding the same positions, for a request that outlived its capacity."""
+        lease = self.slots.lease(capacity_for(cache.length + 1, 2 * cache.slot.capacity))
+        for (new_k, new_v), (old_k, old_v) in zip(lease.slot.buffers, cache.slot.buffers):
+            new_k[:, :, :cache.length].copy_(old_k[:, :, :cache.length])
+            new_v[:, :, :cache.length].copy_(old_v[:, :, :cache.length])
+        return lease
+
+    def _new_slot(self, capacity: int) -> Slot:
+        cfg, weight = self.model.cfg, self.model.speech_embedding.weight
+        shape = (1, cfg.num_kv_heads, capacity, cfg.head_dim)
+        buffers = [(weight.new_zeros(shape), weight.new_zeros(shape)) for _ in range(cfg.num_layers)]
+        index = torch.zeros(1, dtype=torch.long, device=weight.device)
+        slot = Slot(capacity, buffers, index, index.clone())
+
+        def fixed_step(token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
+            hidden = self.model.forward_static(self.model.embed_speech(token), buffers, position)
+            return self.model.logits(hidden[:, -1])
+
+        slot.step = CapturedStep(fixed_step, (slot.token, slot.position), use_graph=self.cuda_graph)
+        return slot

@@ -7,13 +7,14 @@ import gc
 import numpy as np
 import torch
 
-from ..devices import CPU, Device, resolve_torch
-from ..errors import InputError, ModelFolderError
+from ..devices import CPU, Device
+from ..errors import ModelFolderError
 from ..model_files import ModelFiles, checkpoint_limit, load_checkpoint, load_strict, normalize_hift_keys
 from .flow import CausalFlow, TorchFlow, flow_noise_buffer_torch
 from .flow_v2 import ConformerUNetFlow
 from .hift import CausalHiFT, TorchVocoder
 from .llm import CosyVoice3LM, TorchLanguageModel
+from .precision import place, torch_device, torch_dtype
 
 
 # FlowConfig.kind -> the flow module: CV3's pre-lookahead + DiT, CV2's conformer + UNet.
@@ -62,15 +63,29 @@ def _load_module(files: ModelFiles, stage: str) -> torch.nn.Module:
     return module.eval()
 
 
-_ADAPTERS = {"lm": TorchLanguageModel, "flow": TorchFlow, "vocoder": TorchVocoder}
+def build_stage(stage: str, module: torch.nn.Module, device: torch.device = torch.device("cpu"),
+                precision: str = "fp32"):
+    """The stage adapter for a loaded module on `device`, its weights converted once to the precision's dtype."""
+    dtype = torch_dtype(precision)
+    if stage == "lm":
+        return TorchLanguageModel(place(module, device, dtype))
+    if stage == "flow":
+        return TorchFlow(module, device, dtype)
+    if stage == "vocoder":
+        if dtype != torch.float32:
+            raise ValueError("the PyTorch vocoder runs in fp32 only (its f0 predictor and NSF phase overflow or "
+                             "lose pitch in half precision)")
+        return TorchVocoder(module, device)
+    raise ValueError(stage)
 
 
-def load(files: ModelFiles, stages: list[str], *, device: Device = CPU, precision: str = "fp32") -> dict:
-    """The stage adapters for `stages`, on `device` in `precision` (plan.SUPPORTED lists what each stage takes)."""
-    device = resolve_torch(device)
-    if device != CPU or precision != "fp32":
-        raise InputError(f"the PyTorch backend of this build runs fp32 on the CPU, not {precision} on {device}")
-    return {stage: _ADAPTERS[stage](load_module(files, stage)) for stage in stages}
+def load(files: ModelFiles, stages: list[str], device: Device = CPU, precision: str | dict[str, str] = "fp32") -> dict:
+    """The chosen stages on `device` (auto resolves to CUDA when torch sees a GPU), in `precision` (one for all, or
+    per stage): fp32, bf16 or fp16."""
+    target = torch_device(device)
+    per_stage = precision if isinstance(precision, dict) else dict.fromkeys(stages, precision)
+    return {stage: build_stage(stage, load_module(files, stage), target, per_stage.get(stage, "fp32"))
+            for stage in stages}
 
 
 def flow_noise() -> np.ndarray:

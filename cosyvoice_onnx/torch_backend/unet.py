@@ -156,7 +156,8 @@ class ConditionalUNet(nn.Module):
     def forward(self, x, mask, mu, t, spks, cond, streaming: bool | torch.Tensor = False):
         """x, mu, cond [B, 80, T]; mask [B, 1, T] (1 = valid); t [B]; spks [B, 80] -> [B, 80, T].
         `streaming` (a flag, or a bool tensor in exported graphs) uses the static chunk mask."""
-        temb = self.time_mlp(self.time_embeddings(t))
+        # Features from float32 times, then the MLP's dtype (a no-op in fp32).
+        temb = self.time_mlp(self.time_embeddings(t).to(self.time_mlp.linear_1.weight.dtype))
         h = torch.cat((x, mu, spks.unsqueeze(-1).expand(-1, -1, x.shape[2]), cond), dim=1)
         attn_mask = streaming_attention_mask(mask[:, 0].bool(), self.static_chunk_size, streaming)
 

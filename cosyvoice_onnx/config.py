@@ -165,20 +165,3 @@ def flow_summary(f: FlowConfig) -> str:
                           f"UNet {f.unet_channels} ch with {f.unet_num_mid_blocks} mid blocks",
     }
     return summaries[f.kind]
-
-
-
-# Names that lived here before the readers and the release table got their own modules; `from .config import
-# RELEASES` keeps working (resolved on first use, so config.py itself imports none of them).
-_MOVED = {"RELEASES": "releases", "Release": "releases", "SpeechIdLayout": "releases", "VERSION_YAML": "releases",
-          "apply_speech_ids": "releases", "release_config": "releases", "detect_version": "releases",
-          "load_config": "config_readers", "apply_flow_v2_hyperparams": "config_readers",
-          "read_hyperparams": "hyperparams"}
-
-
-def __getattr__(name: str):
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__package__}.{_MOVED[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

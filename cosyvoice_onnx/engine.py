@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -11,7 +13,7 @@ import numpy as np
 from .backends import Stages, load_stages
 from .devices import Device
 from .duration import DurationTarget, estimate_tokens, render_frames
-from .errors import InputError
+from .errors import CosyVoiceError, InputError
 from .frontend import Frontend, PromptFeatures
 from .lm_decode import iter_speech_tokens
 from .longtext import Joiner, SynthesisInfo, synthesize_segments
@@ -42,7 +44,20 @@ class CosyVoice:
                  export_dir: str | Path | None = None):
         """`backend`: an ExecutionPlan or its spec (plan.py: `torch`, `onnx:int8`, `lm=onnx:int8,flow=torch,...`);
         `device` (auto, cpu, cuda[:N]) applies to the stages whose spec names none; `auto` becomes a GPU where the
-        stage's backend sees one, else the CPU, so `self.plan` names concrete devices."""
+        stage's backend sees one, else the CPU, so `self.plan` names concrete devices.
+
+        A failed load raises a fresh error of the same type that holds no traceback into the half-built engine, so a
+        caller that keeps the error (a server showing its last errors) does not keep the stages it loaded."""
+        try:
+            self._load(model_dir, backend, device, llm_variant, export_dir)
+            return
+        except CosyVoiceError as exc:
+            failure = (type(exc), str(exc))
+        self.__dict__.clear()
+        gc.collect()
+        raise failure[0](failure[1])
+
+    def _load(self, model_dir, backend, device, llm_variant: str, export_dir) -> None:
         self.plan = ExecutionPlan.parse(backend, device=device).resolved()
         self.files = inspect_model_dir(model_dir, llm_variant)
         self.cfg = self.files.config

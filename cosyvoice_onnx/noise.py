@@ -160,7 +160,7 @@ class NormalHiftNoise:
     from another thread; that interleaving cannot be replayed, so this is the one place where our random stream
     is not the official one. The draws come from numpy, seeded from the request seed, so a seed still
     reproduces our own output on every backend. The official also draws `rand_ini`, an initial phase, per call;
-    it lands on a sample the phase downsampling never reads (spec §5.2), so it is not drawn here.
+    it lands on a sample the phase downsampling never reads (checked against the official code), so it is not drawn here.
     """
 
     def __init__(self, cfg: ModelConfig, seed: int = 0):

@@ -12,7 +12,7 @@ END_OF_PROMPT = "<|endofprompt|>"
 
 @dataclass(frozen=True)
 class Mode:
-    """What one synthesis mode feeds to the LM and the flow (spec §2.8)."""
+    """What one synthesis mode feeds to the LM and the flow."""
 
     name: str
     lm_prompt_speech: bool      # prompt speech tokens go to the LM (carry prosody/emotion)
@@ -38,7 +38,7 @@ def choose_mode(prompt_text: str | None, instruction: str | None) -> Mode:
 
 
 def lm_prompt_text(cfg: ModelConfig, mode: Mode, transcript: str | None, instruction: str | None) -> str:
-    """The LM prompt text exactly as the official examples spell it (spec §8).
+    """The LM prompt text exactly as the official examples spell it (the official example scripts).
 
     CV3: `You are a helpful assistant.<|endofprompt|>transcript` and `You are a helpful assistant. <instruction>
     <|endofprompt|>`; CV2 (no system prompt, <|endofprompt|> optional): the transcript as is and

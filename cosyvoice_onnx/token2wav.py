@@ -54,7 +54,7 @@ def fade_in_out(head: np.ndarray, tail: np.ndarray, window: np.ndarray) -> np.nd
 
 
 class AccumulatedMelStream:
-    """CV3 vocoder streaming (spec §6.4): the causal vocoder runs over all mel so far and only the samples not
+    """CV3 vocoder streaming: the causal vocoder runs over all mel so far and only the samples not
     yet emitted are returned; with its fixed noise the earlier samples come out exactly as before."""
 
     def __init__(self, token2wav: Token2Wav, noise: VocoderNoise):
@@ -71,7 +71,7 @@ class AccumulatedMelStream:
 
 
 class CachedSourceStream:
-    """CV2 vocoder streaming (spec §6.3): a chunk is vocoded with the previous chunk's last mel frames in front
+    """CV2 vocoder streaming: a chunk is vocoded with the previous chunk's last mel frames in front
     and their NSF source forced at its start; that overlap is cross-faded with a Hamming window, and the last
     overlap of every non-final chunk is held back for the next one."""
 
@@ -159,7 +159,7 @@ class Token2Wav:
                schedule: StreamSchedule | None = None, noise: VocoderNoise | None = None) -> Iterator[np.ndarray]:
         """Yields audio chunks as tokens arrive; the chunks concatenate to the official streaming output.
 
-        Each flow call recomputes prompt+all tokens so far with chunk masks (spec §6.2); the new mel goes to
+        Each flow call recomputes prompt+all tokens so far with chunk masks; the new mel goes to
         the vocoder stream `cfg.streaming.vocoder` names (VOCODER_STREAMS).
         """
         schedule = schedule or StreamSchedule(self.cfg.streaming.token_hop_len, self.cfg.streaming.token_max_hop_len,

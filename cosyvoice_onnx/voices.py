@@ -25,6 +25,9 @@ FINGERPRINT_SAMPLE = 1 << 20
 SPEECH_CODES = 6561         # CV3 speech tokenizer codebook size
 TOKEN_RATE = 25             # speech tokens per second
 
+# The official spk2info.pt holds a few prompts of ~10 s each (a few MB); anything far larger is not one.
+MAX_SPK2INFO_BYTES = 256 << 20
+
 
 def default_voices_dir() -> Path:
     """$COSYVOICE_VOICES_DIR, else the per-user data folder (XDG_DATA_HOME or ~/.local/share)."""
@@ -194,6 +197,12 @@ class VoiceStore:
         """
         import torch  # only this import path needs torch
 
+        from .model_files import expanded_size
+
+        unpacked = expanded_size(Path(path)) if Path(path).is_file() else 0
+        if unpacked > MAX_SPK2INFO_BYTES:
+            raise InputError(f"{Path(path).name}: the speaker table unpacks to {unpacked / 1e6:.0f} MB, more than the "
+                             f"{MAX_SPK2INFO_BYTES / 1e6:.0f} MB a speaker table needs; not loaded")
         try:
             table = torch.load(Path(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises UnpicklingError, RuntimeError, EOFError, zip errors...

@@ -159,7 +159,7 @@ def test_mix_refuses_instruct(tiny_engine, clips):
 # ---------------------------------------------------------------- instruct presets
 
 
-OFFICIAL_INSTRUCT_LIST = (  # cosyvoice/utils/common.py instruct_list, as spelled in spec §8
+OFFICIAL_INSTRUCT_LIST = (  # cosyvoice/utils/common.py instruct_list, as the official code spells it
     [f"请用{d}话表达。" for d in "广东 东北 甘肃 贵州 河南 湖北 湖南 江西 闽南 宁夏 山西 陕西 山东 上海 四川 天津 云南".split()]
     + ["Please say a sentence as loudly as possible.", "Please say a sentence in a very soft voice.",
        "请用尽可能慢地语速说一句话。", "请用尽可能快地语速说一句话。", "请非常开心地说一句话。", "请非常伤心地说一句话。",

@@ -51,7 +51,7 @@ def test_pinyin_inpainting_gives_the_official_token_ids(tokenizer):
     text = apply_reading("对报道给予好评", 3, "jǐ")
     assert text == "对报道[j][ǐ]予好评"
     ids = tokenizer.encode(text)
-    assert 151797 in ids and 151913 in ids          # [j], [ǐ] (spec §2.6)
+    assert 151797 in ids and 151913 in ids          # [j], [ǐ] (CV3 added tokens)
     assert ids.index(151913) == ids.index(151797) + 1
     # The normalised text that reaches the LM still holds both tokens.
     (segment,) = textproc.normalize(text, tokenizer=tokenizer)

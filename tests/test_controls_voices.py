@@ -129,3 +129,24 @@ def test_import_official_spk2info(tmp_path, tokenizer):
     assert np.array_equal(loaded.mel, source.mel) and np.array_equal(loaded.embedding, source.embedding)
     # The transcript re-encodes to exactly the stored prompt-text ids, system prompt included.
     assert tokenizer.encode(loaded.transcript) == prompt_ids
+
+
+def test_import_refuses_a_speaker_table_that_unpacks_beyond_its_bound(tmp_path, tokenizer, monkeypatch):
+    import zipfile
+
+    from cosyvoice_onnx import voices
+
+    path = tmp_path / "spk2info.pt"
+    torch.save({"a": {"embedding": torch.zeros(1, 192)}}, path)
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info))
+        with dst.open("archive/data/999", "w", force_zip64=True) as f:
+            for _ in range(20):  # 320 MiB of zeros, ~300 KB on disk
+                f.write(bytes(1 << 24))
+    loads = []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(a) or {})
+    with pytest.raises(InputError, match="unpacks to .* MB, more than"):
+        VoiceStore(tmp_path / "voices").import_spk2info(bomb, tokenizer)
+    assert not loads and voices.MAX_SPK2INFO_BYTES < 320 << 20

@@ -51,23 +51,23 @@ def test_real_cv2_modules_have_the_official_keys_and_shapes():
     with torch.device("meta"):
         modules = build_modules(cfg)
     lm = modules["lm"].state_dict()
-    assert len(lm) == 295, "291 Qwen2 keys + llm_embedding, llm_decoder weight and bias, speech_embedding (spec §3.2)"
+    assert len(lm) == 295, "291 Qwen2 keys + llm_embedding, llm_decoder weight and bias, speech_embedding (the official CV2 llm.pt)"
     assert lm["llm_embedding.weight"].shape == (2, 896)
     assert lm["speech_embedding.weight"].shape == (6564, 896)
     assert lm["llm_decoder.weight"].shape == (6564, 896) and lm["llm_decoder.bias"].shape == (6564,)
     hift = modules["vocoder"].state_dict()
     assert len(hift) == 328
-    assert sum(p.numel() for p in modules["vocoder"].parameters()) == 20_821_295  # spec §5.5
+    assert sum(p.numel() for p in modules["vocoder"].parameters()) == 20_821_295  # the official CV2 hift.pt
     assert hift["conv_pre.parametrizations.weight.original1"].shape == (512, 80, 7)
     assert hift["ups.0.parametrizations.weight.original0"].shape == (512, 1, 1)   # ConvTranspose: norm over dim 0
     assert hift["ups.0.parametrizations.weight.original1"].shape == (512, 256, 16)
     assert hift["f0_predictor.condnet.0.parametrizations.weight.original1"].shape == (512, 80, 3)
-    assert len(modules["flow"].state_dict()) == 1121  # spec §4.4
+    assert len(modules["flow"].state_dict()) == 1121  # the official CV2 flow.pt
 
 
 def test_cv2_release_constants():
     llm = release_config(2).llm
-    # Spec §3.2, CosyVoice2 column.
+    # The CosyVoice2 special-id layout of its LM.
     assert (llm.speech_vocab_size, llm.eos, llm.fill, llm.sos, llm.task_id) == (6564, 6561, 6563, 0, 1)
     assert llm.stop_token_ids == (6561, 6562, 6563)
     assert llm.decoder_bias and not llm.sos_task_in_speech_embedding

@@ -144,7 +144,7 @@ def test_repeat_frames_equals_torch_nearest_upsampling(factor, frames):
 
 
 def official_source_chain(f0: torch.Tensor, noise: torch.Tensor, linear: torch.nn.Linear) -> torch.Tensor:
-    """The spec's §5.2 op chain at the sample rate, with torch's own resampling ops (CV3 settings)."""
+    """The NSF source op chain at the sample rate, with torch's own resampling ops (CV3 settings)."""
     f0_up = F.interpolate(f0[:, None], scale_factor=HOP, mode="nearest").transpose(1, 2)
     fn = f0_up * torch.arange(1, 10, dtype=torch.float32).view(1, 1, 9)
     rad = (fn / 24000) % 1
@@ -198,7 +198,7 @@ def causal_conv(conv, x, left=0, right=0, stride=1, dilation=1):
 
 
 def reference_forward(model: CausalHiFT, mel: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """The spec's §5.1-5.3 CV3 vocoder (finalize) in plain torch ops, using the model's weights."""
+    """The CV3 vocoder (finalize: f0, source, HiFT) in plain torch ops, using the model's weights."""
     cfg = model.cfg
     x = mel.double()
     for i, conv in enumerate(model.f0_predictor.condnet[::2]):

@@ -118,12 +118,3 @@ def test_a_yaml_value_of_the_wrong_type_is_a_model_folder_error(tiny_model_dir, 
     (model / "cosyvoice3.yaml").write_text(re.sub(rf"(?m)^{key}: .*$", line, text))
     with pytest.raises(ModelFolderError, match=r"cosyvoice3\.yaml: "):
         load_config(model)
-
-
-def test_names_that_moved_out_of_config_still_import_from_it():
-    from cosyvoice_onnx import config, config_readers, hyperparams, releases
-
-    assert config.RELEASES is releases.RELEASES and config.load_config is config_readers.load_config
-    assert config.read_hyperparams is hyperparams.read_hyperparams
-    with pytest.raises(AttributeError):
-        config.not_a_name  # noqa: B018

@@ -155,7 +155,18 @@ def test_checkpoint_that_unpacks_beyond_the_model_size_is_refused_unread(model_c
     assert model_files.expanded_size(model_copy / "hift.pt") <= model_files.checkpoint_limit(0)
 
 
-def test_failed_loads_release_their_memory(model_copy):
+# A failed load through the stage loader alone, and through a whole engine that loaded other stages first.
+FAILED_LOADS = {
+    "stage": "from cosyvoice_onnx.torch_backend.loader import load_module\n"
+             "files = inspect_model_dir(MODEL)\n"
+             "load = lambda: load_module(files, 'flow')\n",
+    "engine": "from cosyvoice_onnx import CosyVoice\n"
+              "load = lambda: CosyVoice(MODEL, backend='torch', device='cpu')\n",
+}
+
+
+@pytest.mark.parametrize("entry", sorted(FAILED_LOADS))
+def test_failed_loads_release_their_memory(model_copy, entry):
     """A checkpoint inside the size bound that fails later (wrong keys) must not stay in memory through the error,
     even when the caller keeps the errors (as a server showing its last errors does)."""
     state = torch.load(model_copy / "flow.pt", weights_only=True)
@@ -166,16 +177,16 @@ def test_failed_loads_release_their_memory(model_copy):
         import os
         from cosyvoice_onnx.errors import ModelFolderError
         from cosyvoice_onnx.model_files import inspect_model_dir
-        from cosyvoice_onnx.torch_backend.loader import load_module
 
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-        files = inspect_model_dir({str(model_copy)!r})
+        MODEL = {str(model_copy)!r}
+    """) + FAILED_LOADS[entry] + textwrap.dedent("""
         kept = []
         def attempt():
             try:
-                load_module(files, "flow")
+                load()
             except ModelFolderError as exc:
                 kept.append(exc)
         attempt()  # imports and first-use allocations happen here

@@ -15,7 +15,7 @@ CPU = Device("cpu")
     ("onnx:int8", ("onnx:int8", "onnx:int8", "onnx")),   # the vocoder stays fp32 under int8
     ("onnx:fp16", ("onnx:fp16", "onnx:fp16", "onnx")),   # ... and under fp16
     ("torch:fp16", ("torch:fp16", "torch:fp16", "torch")),
-    ("torch:bf16", ("torch:bf16", "torch:bf16", "torch:bf16")),
+    ("torch:bf16", ("torch:bf16", "torch:bf16", "torch")),  # the vocoder stays fp32 under every reduced precision
     ("lm=onnx:int8,flow=torch,vocoder=onnx", ("onnx:int8", "torch", "onnx")),
     (" lm = onnx:int8 , vocoder=onnx ", ("onnx:int8", "torch", "onnx")),  # a stage left out runs on torch
     ({"lm": "onnx:int8", "flow": "onnx"}, ("onnx:int8", "onnx", "torch")),
@@ -56,7 +56,7 @@ def test_equivalent_spellings_are_one_plan_with_one_string():
     ("onnx:", "a precision must follow"),
     ("speaker=onnx", "unknown stage 'speaker'"),
     ("torch:int8", "runs in fp32, bf16, fp16, not int8"),
-    ("vocoder=onnx:bf16", "runs in fp32, not bf16"),
+    ("flow=onnx:bf16", "runs in fp32, fp16, int8, not bf16"),
     ("onnx@tpu", "unknown device"),
     ({"lm": ""}, "lm= needs a backend"),
 ])

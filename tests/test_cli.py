@@ -113,7 +113,7 @@ def test_malformed_backend_spec_is_a_usage_error(tiny_model_dir, prompt_wav, tmp
     code = cli.main(["synth", "--model", str(tiny_model_dir), "--prompt-wav", str(prompt_wav), "--text", "Hi.",
                      "--out", str(tmp_path / "x.wav"), "--backend", "lm=onnx,bogus"])
     assert code == 2
-    assert "'bogus' is not STAGE=BACKEND" in one_error_line(capsys)
+    assert "'bogus' is not stage=backend" in one_error_line(capsys)
     assert not (tmp_path / "x.wav").exists()
 
 

@@ -634,12 +634,12 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
         wanted = ["fp16"] if cuda else []
     names = backends_for(wanted, cuda, device)
     if backends:
-        from ..backends import parse_backend
+        from ..plan import ExecutionPlan
 
-        names = [name.strip() for name in backends]
-        for name in names:
-            parse_backend(name)  # a typo fails here, not in a worker after the model is built
-        wanted = sorted({b.partition(":")[2] or "fp32" for b in names if b.startswith("onnx")})
+        # A typo fails here, not in a worker after the model is built; the columns are canonical plan strings.
+        plans = [ExecutionPlan.parse(name.strip()) for name in backends]
+        names = [str(plan) for plan in plans]
+        wanted = sorted({p.precision for plan in plans for p in plan.on("onnx").values()})
     work = Path(work) if work else default_work_dir()
     model, export_dir = prepare(size, work, wanted, Path(model_dir) if model_dir else None, progress, version)
     described = str(model) if model_dir else f"CosyVoice{version} dimensions ({size}), seeded random weights"

@@ -90,16 +90,16 @@ def test_onnx_lm_on_cpu_keeps_its_cache_on_the_host(tmp_path):
 
 
 def test_torch_precisions_in_backend_choices():
-    from cosyvoice_onnx.backends import StageChoice, parse_backend
+    from cosyvoice_onnx.plan import ExecutionPlan, StagePlan
 
-    choices = parse_backend("torch:bf16")
-    assert choices["lm"] == choices["flow"] == StageChoice("torch", "bf16")
-    assert choices["vocoder"] == StageChoice("torch")  # the vocoder stays fp32
-    assert parse_backend("lm=torch:fp16,flow=onnx,vocoder=torch")["lm"] == StageChoice("torch", "fp16")
-    with pytest.raises(InputError, match="torch backend has no precision 'int8'"):
-        parse_backend("torch:int8")
-    with pytest.raises(InputError, match="onnx backend has no precision 'bf16'"):
-        parse_backend("onnx:bf16")
+    plan = ExecutionPlan.parse("torch:bf16")
+    assert plan.lm == plan.flow == StagePlan("torch", "bf16")
+    assert plan.vocoder == StagePlan("torch")  # the vocoder stays fp32
+    assert ExecutionPlan.parse("lm=torch:fp16,flow=onnx,vocoder=torch").lm == StagePlan("torch", "fp16")
+    with pytest.raises(InputError, match="the lm on torch runs in fp32, bf16, fp16, not int8"):
+        ExecutionPlan.parse("torch:int8")
+    with pytest.raises(InputError, match="the lm on onnx runs in fp32, fp16, int8, not bf16"):
+        ExecutionPlan.parse("onnx:bf16")
 
 
 def test_gpu_bench_and_parity_choose_their_engines():

@@ -634,11 +634,11 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
         wanted = ["fp16"] if cuda else []
     names = backends_for(wanted, cuda, device)
     if backends:
-        from ..backends import parse_backend
+        from ..plan import ExecutionPlan
 
         names = [name.strip() for name in backends]
         for name in names:
-            parse_backend(name)  # a typo fails here, not in a worker after the model is built
+            ExecutionPlan.parse(name)  # a typo fails here, not in a worker after the model is built
         wanted = sorted({b.partition(":")[2] or "fp32" for b in names if b.startswith("onnx")})
     work = Path(work) if work else default_work_dir()
     model, export_dir = prepare(size, work, wanted, Path(model_dir) if model_dir else None, progress, version)

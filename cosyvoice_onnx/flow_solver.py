@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import numpy as np
 
@@ -37,6 +38,46 @@ def cosine_time_grid(n_steps: int) -> np.ndarray:
     return (np.float32(1.0) - np.cos(angle.astype(np.float64)).astype(np.float32)).astype(np.float32)
 
 
+def euler_schedule(n_steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """The solver's step times t_k and widths dt_k, k = 0 .. n_steps - 1, each [n_steps] float32.
+
+    t advances by accumulating dt and dt is re-derived from the grid, as the official solver does; the float32
+    rounding of t therefore matches it step for step.
+    """
+    grid = cosine_time_grid(n_steps)
+    times, widths = np.empty(n_steps, np.float32), np.empty(n_steps, np.float32)
+    t, dt = grid[0], grid[1] - grid[0]
+    for step in range(n_steps):
+        times[step], widths[step] = t, dt
+        t = np.float32(t + dt)
+        if step + 1 < n_steps:
+            dt = np.float32(grid[step + 2] - t)
+    return times, widths
+
+
+def guidance_batch(mu: np.ndarray, mask: np.ndarray, spks: np.ndarray,
+                   cond: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The estimator's fixed inputs on the CFG batch of two, float32: (mask, mu, spks, cond), row 0 conditional,
+    row 1 with mu, spks and cond zeroed (the mask is repeated)."""
+    return (np.concatenate([mask, mask]).astype(np.float32),
+            np.concatenate([mu, np.zeros_like(mu)]).astype(np.float32),
+            np.concatenate([spks, np.zeros_like(spks)]).astype(np.float32),
+            np.concatenate([cond, np.zeros_like(cond)]).astype(np.float32))
+
+
+def guidance_weights(cfg_rate: float) -> tuple[np.float32, np.float32]:
+    """(1 + cfg_rate, cfg_rate) in float32: the weights of v_cond and v_uncond."""
+    return np.float32(1.0 + cfg_rate), np.float32(cfg_rate)
+
+
+def guided_euler_step(x, velocity, dt, guided_weight, unguided_weight):
+    """x + dt * (guided_weight * v_cond - unguided_weight * v_uncond) for a velocity on the CFG batch [2, ...].
+
+    Written once for numpy arrays (with numpy float32 scalars) and torch tensors (with Python floats).
+    """
+    return x + dt * (guided_weight * velocity[:1] - unguided_weight * velocity[1:])
+
+
 def solve_cfm(stage: FlowStage, mu: np.ndarray, mask: np.ndarray, spks: np.ndarray, cond: np.ndarray,
               noise: np.ndarray, n_steps: int = 10, cfg_rate: float = 0.7, streaming: bool = False) -> np.ndarray:
     """Euler integration of the flow ODE from `noise` with classifier-free guidance.
@@ -45,24 +86,14 @@ def solve_cfm(stage: FlowStage, mu: np.ndarray, mask: np.ndarray, spks: np.ndarr
     the estimator on a batch of two: row 0 conditional, row 1 with mu, spks and cond zeroed;
     v = (1 + cfg_rate) * v_cond - cfg_rate * v_uncond.
     """
-    grid = cosine_time_grid(n_steps)
+    times, widths = euler_schedule(n_steps)
     x = np.asarray(noise, dtype=np.float32)
-    mask_in = np.concatenate([mask, mask]).astype(np.float32)
-    mu_in = np.concatenate([mu, np.zeros_like(mu)]).astype(np.float32)
-    spks_in = np.concatenate([spks, np.zeros_like(spks)]).astype(np.float32)
-    cond_in = np.concatenate([cond, np.zeros_like(cond)]).astype(np.float32)
-    guided_weight, unguided_weight = np.float32(1.0 + cfg_rate), np.float32(cfg_rate)
-    # t advances by accumulating dt and dt is re-derived from the grid, as the official solver does;
-    # the float32 rounding of t therefore matches it step for step.
-    t, dt = grid[0], grid[1] - grid[0]
-    for step in range(1, n_steps + 1):
+    mask_in, mu_in, spks_in, cond_in = guidance_batch(mu, mask, spks, cond)
+    guided_weight, unguided_weight = guidance_weights(cfg_rate)
+    for t, dt in zip(times, widths):
         velocity = stage.estimate(np.concatenate([x, x]), mask_in, mu_in, np.array([t, t], dtype=np.float32),
                                   spks_in, cond_in, streaming)
-        velocity = np.asarray(velocity, dtype=np.float32)
-        x = x + dt * (guided_weight * velocity[:1] - unguided_weight * velocity[1:])
-        t = np.float32(t + dt)
-        if step < n_steps:
-            dt = np.float32(grid[step + 1] - t)
+        x = guided_euler_step(x, np.asarray(velocity, dtype=np.float32), dt, guided_weight, unguided_weight)
     return x.astype(np.float32)
 
 
@@ -94,5 +125,7 @@ def token_to_mel(stage: FlowStage, tokens: np.ndarray, prompt_tokens: np.ndarray
     cond[:, :, :prompt_frames] = np.asarray(prompt_feat, dtype=np.float32).transpose(0, 2, 1)
     mask = np.ones((1, 1, n_frames), dtype=np.float32)
     noise = noise_buffer[:, :, :n_frames]
-    mel = solve_cfm(stage, mu, mask, spks, cond, noise, cfg.n_timesteps, cfg.inference_cfg_rate, streaming)
+    # A stage that can keeps the solver's state on its device (a CUDA torch stage); the result is the same.
+    solve = stage.solve_resident if getattr(stage, "resident_solve", False) else partial(solve_cfm, stage)
+    mel = solve(mu, mask, spks, cond, noise, cfg.n_timesteps, cfg.inference_cfg_rate, streaming)
     return mel[:, :, prompt_frames:]

@@ -25,7 +25,11 @@ class LanguageModelStage(Protocol):
 
 
 class FlowStage(Protocol):
-    """Token-to-mel flow: token encoder plus the CFM velocity estimator."""
+    """Token-to-mel flow: token encoder plus the CFM velocity estimator.
+
+    A stage whose `resident_solve` is true also offers `solve_resident(mu, mask, spks, cond, noise, n_steps,
+    cfg_rate, streaming)`, flow_solver.solve_cfm with its state kept on the stage's device; token_to_mel uses it.
+    """
 
     backend: str
 

@@ -6,7 +6,9 @@ import torch
 from torch import nn
 
 from cosyvoice_onnx.errors import InputError
+from cosyvoice_onnx.flow_solver import solve_cfm, token_to_mel
 from cosyvoice_onnx.model_files import inspect_model_dir
+from cosyvoice_onnx.releases import RELEASES
 from cosyvoice_onnx.torch_backend import loader, static_cache
 from cosyvoice_onnx.torch_backend.llm import TorchLanguageModel
 from cosyvoice_onnx.torch_backend.precision import place, torch_dtype
@@ -162,3 +164,39 @@ def test_failed_capture_falls_back_to_eager_with_a_warning(monkeypatch):
         assert float(step.run()) == 5.0
     assert not step.use_graph and step.capture_error.startswith("operation not permitted")
     assert float(step.run()) == 5.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("version", sorted(RELEASES, reverse=True), ids=lambda v: f"CV{v}")
+def test_resident_flow_solve_matches_the_numpy_solver(tiny_model_of, version, precision):
+    """The solve kept on the device (what a CUDA flow runs) against the numpy reference solver, on the CPU: the same
+    estimator inputs and the same float32 Euler update, so the same bits."""
+    files = inspect_model_dir(tiny_model_of(version))
+    flow = loader.load(files, ["flow"], precision=precision)["flow"]
+    assert flow.resident_solve is False  # on the CPU the engine keeps the numpy solver
+    frames, rng = 60, np.random.default_rng(7)
+    mu, cond = (rng.standard_normal((1, 80, frames), dtype=np.float32) for _ in range(2))
+    cond[:, :, 20:] = 0
+    spks, mask = rng.standard_normal((1, 80), dtype=np.float32), np.ones((1, 1, frames), np.float32)
+    noise = loader.flow_noise()[:, :, :frames]
+    for streaming in (False, True):
+        want = solve_cfm(flow, mu, mask, spks, cond, noise, 10, 0.7, streaming)
+        got = flow.solve_resident(mu, mask, spks, cond, noise, 10, 0.7, streaming)
+        assert got.dtype == np.float32
+        np.testing.assert_array_equal(got, want)
+        assert np.abs(got - noise).max() > 0.1  # the estimator moved x: the comparison is not of two noises
+
+
+@pytest.mark.parametrize("version", sorted(RELEASES, reverse=True), ids=lambda v: f"CV{v}")
+def test_token_to_mel_uses_the_resident_solve_when_the_stage_offers_it(tiny_model_of, version, monkeypatch):
+    files = inspect_model_dir(tiny_model_of(version))
+    flow, cfg = loader.load(files, ["flow"])["flow"], files.config.flow
+    rng = np.random.default_rng(2)
+    args = (rng.integers(0, cfg.vocab_size, (1, 30)), rng.integers(0, cfg.vocab_size, (1, 10)),
+            rng.standard_normal((1, 20, 80), dtype=np.float32), rng.standard_normal((1, 192), dtype=np.float32),
+            loader.flow_noise())
+    want = token_to_mel(flow, *args, streaming=False, finalize=True, cfg=cfg)
+    flow.resident_solve = True  # as on CUDA
+    monkeypatch.setattr(flow, "estimate", lambda *a: pytest.fail("the numpy solver ran"))
+    got = token_to_mel(flow, *args, streaming=False, finalize=True, cfg=cfg)
+    np.testing.assert_array_equal(got, want)

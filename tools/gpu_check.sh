@@ -11,7 +11,7 @@
 # bf16, fp16 in one table, plus ONNX fp16 only where onnxruntime has the CUDA provider), then `parity --device cuda`
 # for bf16, fp16 and fp32 against fp32 on the CPU. Writes to $OUT: summary.txt (each step's exit code and
 # seconds), env.txt, nvidia-smi.txt, bench.txt + bench.json + bench.log, parity-<precision>.txt/.json/.log,
-# micro.json (LM decode eager vs CUDA graph, the flow's numpy round-trip share; tools/gpu_micro.py).
+# micro.json (LM decode eager vs CUDA graph, the flow solve numpy vs device-resident; tools/gpu_micro.py).
 set -u
 cd "$(dirname "$0")/.."
 DEVICE=${GPU_CHECK_DEVICE:-cuda}
@@ -88,7 +88,7 @@ parity() {
         --json "$OUT/parity-$1.json" > "$OUT/parity-$1.txt" 2> "$OUT/parity-$1.log"
 }
 parity bf16
-# LM decode eager vs CUDA graph, and what the flow's numpy interface costs per estimator call.
+# LM decode eager vs CUDA graph, and the flow solve through numpy vs kept on the device.
 step micro 60 $PY tools/gpu_micro.py "$MODEL" "$DEVICE" bf16 > "$OUT/micro.json" 2> "$OUT/micro.log"
 parity fp16
 parity fp32

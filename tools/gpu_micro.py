@@ -1,8 +1,8 @@
 """Two GPU measurements behind design choices, run by tools/gpu_check.sh (prints one JSON object).
 
 1. LM decode per token on the static cache: the step run eagerly vs replayed from its captured CUDA graph.
-2. Flow estimator: one call through the numpy interface (host -> device -> host) vs on device tensors; the solver
-   keeps numpy unless the round trips cost more than 2 % of a call.
+2. Flow: the 10-step solve through the numpy reference solver (host <-> device round trips at every step) vs the
+   device-resident solve a CUDA flow runs, and ten bare estimator calls on device tensors (the floor of a solve).
 
 usage: python tools/gpu_micro.py MODEL_DIR DEVICE PRECISION
 """
@@ -17,16 +17,28 @@ import numpy as np
 import torch
 
 from cosyvoice_onnx.devices import parse_device
+from cosyvoice_onnx.flow_solver import solve_cfm
 from cosyvoice_onnx.model_files import inspect_model_dir
 from cosyvoice_onnx.torch_backend import loader
 from cosyvoice_onnx.torch_backend.llm import TorchLanguageModel
 
-STEPS, CALLS, FRAMES = 100, 10, 650
+STEPS, CALLS, FRAMES, SOLVER_STEPS = 100, 10, 650, 10
 
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def seconds(call, device: torch.device) -> float:
+    """Mean wall time of `call` over CALLS runs after one warm-up, the device synchronized around them."""
+    call()
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(CALLS):
+        call()
+    sync(device)
+    return (time.perf_counter() - start) / CALLS
 
 
 def decode_ms(lm: TorchLanguageModel, steps: int) -> float:
@@ -53,26 +65,21 @@ def main(model_dir: str, device_text: str, precision: str) -> dict:
     flow = stages["flow"]
     target = flow.device
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 80, FRAMES), dtype=np.float32)
-    args = (x, np.ones((2, 1, FRAMES), np.float32), x, np.full(2, 0.5, np.float32),
-            rng.standard_normal((2, 80), dtype=np.float32), x)
-    flow.estimate(*args, False)
-    start = time.perf_counter()
-    for _ in range(CALLS):
-        flow.estimate(*args, False)
-    numpy_s = (time.perf_counter() - start) / CALLS
-    tensors = [torch.from_numpy(a).to(target, flow.dtype) for a in args]
-    tensors[3] = torch.from_numpy(args[3]).to(target)
+    mu, cond = (rng.standard_normal((1, 80, FRAMES), dtype=np.float32) for _ in range(2))
+    spks, mask = rng.standard_normal((1, 80), dtype=np.float32), np.ones((1, 1, FRAMES), np.float32)
+    solve_args = (mu, mask, spks, cond, loader.flow_noise()[:, :, :FRAMES], SOLVER_STEPS, 0.7, False)
+    numpy_s = seconds(lambda: solve_cfm(flow, *solve_args), target)
+    resident_s = seconds(lambda: flow.solve_resident(*solve_args), target)
+    batch = [torch.from_numpy(np.concatenate([a, a])).to(target, flow.dtype) for a in (mu, mask, mu, spks, cond)]
+    x, mask_in, mu_in, spks_in, cond_in = batch
+    t = torch.full((2,), 0.5, device=target)
     with torch.inference_mode():
-        flow.flow.estimator(*tensors, streaming=False)
-        sync(target)
-        start = time.perf_counter()
-        for _ in range(CALLS):
-            flow.flow.estimator(*tensors, streaming=False)
-        sync(target)
-    device_s = (time.perf_counter() - start) / CALLS
-    out.update(flow_call_ms_numpy=numpy_s * 1e3, flow_call_ms_device=device_s * 1e3,
-               flow_roundtrip_share=(numpy_s - device_s) / numpy_s)
+        bare_s = seconds(lambda: flow.flow.estimator(x, mask_in, mu_in, t, spks_in, cond_in, streaming=False),
+                         target) * SOLVER_STEPS
+    out.update(flow_solve_ms_numpy=numpy_s * 1e3, flow_solve_ms_resident=resident_s * 1e3,
+               flow_solve_ms_bare_estimator=bare_s * 1e3,
+               flow_roundtrip_share_numpy=(numpy_s - bare_s) / numpy_s,
+               flow_roundtrip_share_resident=(resident_s - bare_s) / resident_s)
     if target.type == "cuda":
         out["peak_gpu_gib"] = torch.cuda.max_memory_allocated(target) / 2**30
     return out

@@ -142,3 +142,46 @@ def test_phone_entries_need_the_releases_tokens(tiny_model_of, version, prompt_w
         else:
             with pytest.raises(InputError, match=f"has a {kind} reading, but this model has no {kind} tokens"):
                 engine.synthesize("几个 huh.", prompt_wav=prompt_wav, glossary=g)
+
+
+def test_cli_glossary_commands_and_a_bad_import(tmp_path, capsys):
+    from cosyvoice_onnx import cli
+
+    store = tmp_path / "voices"
+    assert cli.main(["glossary", "add", "重庆", "--reading", "chong2 qing4", "--kind", "pinyin",
+                     "--voices-dir", str(store)]) == 0
+    assert cli.main(["glossary", "add", "SQL", "--reading", "sequel", "--case-sensitive",
+                     "--voices-dir", str(store)]) == 0
+    before = glossary_path(store).read_bytes()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("term,reading,kind\nNew,noo,respell\nhi,XX9,arpabet\n", encoding="utf-8")
+    assert cli.main(["glossary", "import", "--csv", str(bad), "--voices-dir", str(store)]) == 2
+    assert "line 3" in capsys.readouterr().err
+    assert glossary_path(store).read_bytes() == before
+    exported = tmp_path / "g.csv"
+    assert cli.main(["glossary", "export", "--csv", str(exported), "--voices-dir", str(store)]) == 0
+    assert cli.main(["glossary", "remove", "SQL", "--voices-dir", str(store)]) == 0
+    assert cli.main(["glossary", "import", "--csv", str(exported), "--voices-dir", str(store)]) == 0
+    capsys.readouterr()
+    assert cli.main(["glossary", "apply", "重庆SQL", "--voices-dir", str(store)]) == 0
+    assert capsys.readouterr().out.strip() == "[ch][óng][q][ìng]sequel"
+
+
+def test_cli_synth_uses_the_voices_folders_glossary_by_default(tiny_model_of, prompt_wav, tmp_path, capsys):
+    from cosyvoice_onnx import cli
+
+    store = tmp_path / "voices"
+    Glossary((entry("几", "jǐ", "pinyin"),)).save(glossary_path(store))
+    version = next(v for v, r in RELEASES.items() if not set(PINYIN_TOKENS) <= set(release_tokens(r)))
+    base = ["synth", "--model", str(tiny_model_of(version)), "--prompt-wav", str(prompt_wav), "--text", "几个。",
+            "--out", str(tmp_path / "a.wav")]
+    assert cli.main(base + ["--voices-dir", str(store)]) == 2
+    assert "has a pinyin reading, but this model has no pinyin tokens" in capsys.readouterr().err
+    assert cli.main(base + ["--glossary", str(tmp_path / "missing.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def release_tokens(release):
+    from cosyvoice_onnx.tokenizer import ADDED_TOKENS_BY_VERSION
+
+    return ADDED_TOKENS_BY_VERSION[release.tokenizer_version]

@@ -1,5 +1,7 @@
 """Pronunciation glossary: matching rules, files, validation, and what the engine does with it."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -185,3 +187,52 @@ def release_tokens(release):
     from cosyvoice_onnx.tokenizer import ADDED_TOKENS_BY_VERSION
 
     return ADDED_TOKENS_BY_VERSION[release.tokenizer_version]
+
+
+@pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
+def test_studio_glossary_endpoints(tiny_model_dir, tiny_engine, prompt_wav, tmp_path):
+    pytest.importorskip("gradio_client")
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+    from test_studio_api import launch, read
+
+    from cosyvoice_onnx.audio import to_int16
+
+    demo, url, studio = launch(tiny_model_dir, tmp_path / "data")
+    try:
+        client = Client(url, verbose=False)
+        named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+        assert {"/glossary", "/glossary_add", "/glossary_delete", "/glossary_preview", "/glossary_import",
+                "/glossary_export"} <= named
+        client.predict("几", "ji3", "pinyin", False, False, api_name="/glossary_add")
+        table = client.predict("SQL", "sequel", "respell", True, False, api_name="/glossary_add")
+        assert [row[0] for row in table["data"]] == ["几", "SQL"] and table["data"][0][5] == "[j][ǐ]"
+        assert client.predict("几个SQL。", "", api_name="/glossary_preview") == "[j][ǐ]个sequel。"
+        with pytest.raises(AppError, match="would match the same text"):
+            client.predict(handle_file(str(_csv(tmp_path, "term,reading\nsql,x\nSQL,y\n"))), False,
+                           api_name="/glossary_import")
+        with pytest.raises(AppError, match="not a pinyin syllable"):
+            client.predict("行", "xx9", "pinyin", False, False, api_name="/glossary_add")
+        with pytest.raises(AppError, match="columns must be"):
+            client.predict(handle_file(str(_csv(tmp_path, "word,reading\na,b\n"))), False,
+                           api_name="/glossary_import")
+        assert [row[0] for row in client.predict(api_name="/glossary")["data"]] == ["几", "SQL"]
+        exported = Path(client.predict(api_name="/glossary_export")).read_text(encoding="utf-8")
+        assert Glossary.from_csv(exported) == Glossary.load(glossary_path(tmp_path / "data"))
+        assert [row[0] for row in client.predict("几", api_name="/glossary_delete")["data"]] == ["SQL"]
+        # Synthesis in the studio speaks the substituted text.
+        _, clip, _ = client.predict(api_name="/zero_shot", text="SQL there.", prompt_audio=handle_file(str(prompt_wav)),
+                                    transcript=TRANSCRIPT, seed=3)
+        expected = to_int16(tiny_engine.synthesize("sequel there.", prompt_wav=prompt_wav, prompt_text=TRANSCRIPT,
+                                                   seed=3))
+        _, audio = read(clip)
+        assert audio.shape == expected.shape
+        assert np.max(np.abs(audio.astype(np.int32) - expected)) <= 1
+    finally:
+        demo.close()
+
+
+def _csv(folder, text):
+    path = folder / f"g{abs(hash(text))}.csv"
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -209,12 +209,12 @@ def test_studio_glossary_endpoints(tiny_model_dir, tiny_engine, prompt_wav, tmp_
         assert [row[0] for row in table["data"]] == ["几", "SQL"] and table["data"][0][5] == "[j][ǐ]"
         assert client.predict("几个SQL。", "", api_name="/glossary_preview") == "[j][ǐ]个sequel。"
         with pytest.raises(AppError, match="would match the same text"):
-            client.predict(handle_file(str(_csv(tmp_path, "term,reading\nsql,x\nSQL,y\n"))), False,
+            client.predict(handle_file(str(_csv(tmp_path / "twice.csv", "term,reading\nsql,x\nSQL,y\n"))), False,
                            api_name="/glossary_import")
         with pytest.raises(AppError, match="not a pinyin syllable"):
             client.predict("行", "xx9", "pinyin", False, False, api_name="/glossary_add")
         with pytest.raises(AppError, match="columns must be"):
-            client.predict(handle_file(str(_csv(tmp_path, "word,reading\na,b\n"))), False,
+            client.predict(handle_file(str(_csv(tmp_path / "columns.csv", "word,reading\na,b\n"))), False,
                            api_name="/glossary_import")
         assert [row[0] for row in client.predict(api_name="/glossary")["data"]] == ["几", "SQL"]
         exported = Path(client.predict(api_name="/glossary_export")).read_text(encoding="utf-8")
@@ -232,7 +232,6 @@ def test_studio_glossary_endpoints(tiny_model_dir, tiny_engine, prompt_wav, tmp_
         demo.close()
 
 
-def _csv(folder, text):
-    path = folder / f"g{abs(hash(text))}.csv"
+def _csv(path, text):
     path.write_text(text, encoding="utf-8")
     return path

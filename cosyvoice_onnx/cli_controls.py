@@ -54,7 +54,7 @@ def synth_controls(args, tts) -> dict:
         "voice": store.load(args.voice) if args.voice else None,
         "emotion": emotion, "mix": args.mix, "duration": args.duration, "duration_method": args.duration_method,
         "join": args.join, "join_ms": args.join_ms, "check_tags": args.check_tags, "return_info": not args.stream,
-        "glossary": synth_glossary(args),
+        "glossary": synth_glossary(args, tts),
     }
 
 

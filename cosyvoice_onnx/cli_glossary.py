@@ -19,19 +19,23 @@ def _default_file(voices_dir: Path | None) -> Path:
     return glossary_path(voices_dir or default_voices_dir())
 
 
-def synth_glossary(args):
+def synth_glossary(args, tts):
     """The Glossary for `synth`: --glossary FILE (must exist), none with --no-glossary, else the voices folder's
-    glossary.json if there is one."""
+    glossary.json if there is one; checked against the model's tokens before any work starts."""
     from .glossary import Glossary
 
     if args.no_glossary:
         return None
-    if args.glossary is not None:
-        if not args.glossary.is_file():
-            raise InputError(f"--glossary {args.glossary}: no such file (create one with `cosyvoice-onnx glossary "
-                             "add` or `glossary import`)")
-        return Glossary.load(args.glossary)
-    glossary = Glossary.load(_default_file(args.voices_dir))
+    path = args.glossary
+    if path is not None and not path.is_file():
+        raise InputError(f"--glossary {path}: no such file (create one with `cosyvoice-onnx glossary add` or "
+                         "`glossary import`)")
+    path = path or _default_file(args.voices_dir)
+    glossary = Glossary.load(path)
+    try:
+        glossary.check_tokenizer(tts.tokenizer.added_tokens)
+    except InputError as exc:
+        raise InputError(f"{exc} (glossary {path}; --no-glossary skips it)") from None
     return glossary if len(glossary) else None
 
 

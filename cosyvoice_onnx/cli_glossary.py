@@ -111,7 +111,8 @@ def add_glossary_command(sub) -> None:
     g.add_argument("--csv", type=Path, default=None, help="CSV file (import; export: default stdout); columns "
                                                            "term, reading, kind, case_sensitive, whole_word")
     g.add_argument("--replace", action="store_true", help="import: replace the glossary instead of merging")
-    g.add_argument("--file", type=Path, default=None, help="glossary JSON (default: glossary.json in the voices folder)")
+    g.add_argument("--file", type=Path, default=None,
+                   help="glossary JSON (default: glossary.json in the voices folder)")
     g.add_argument("--voices-dir", type=folder, default=None, help="default: per-user data folder")
     g.set_defaults(func=_cmd_glossary)
 

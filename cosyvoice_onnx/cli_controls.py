@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .cli_args import float_range, folder
+from .cli_glossary import add_synth_glossary_options, synth_glossary
 from .duration import DURATION_METHODS
 from .errors import InputError
 from .longtext import DEFAULT_JOIN_MS, JOIN_METHODS, MAX_JOIN_MS
@@ -31,6 +32,7 @@ def add_synth_controls(s: argparse.ArgumentParser) -> None:
     s.add_argument("--reading", action="append", default=[], metavar="INDEX=PINYIN",
                    help="read the Han character at INDEX of --text as PINYIN (e.g. 3=jǐ); repeatable")
     s.add_argument("--check-tags", action="store_true", help="refuse unknown [tags] instead of reading them aloud")
+    add_synth_glossary_options(s)
 
 
 def synth_controls(args, tts) -> dict:
@@ -52,6 +54,7 @@ def synth_controls(args, tts) -> dict:
         "voice": store.load(args.voice) if args.voice else None,
         "emotion": emotion, "mix": args.mix, "duration": args.duration, "duration_method": args.duration_method,
         "join": args.join, "join_ms": args.join_ms, "check_tags": args.check_tags, "return_info": not args.stream,
+        "glossary": synth_glossary(args, tts),
     }
 
 

@@ -33,7 +33,7 @@ from .voices import VoiceStore, model_fingerprint
 Progress = Callable[[int, int], None]
 # SynthesisRequest fields the keyword shorthand takes by name; every other keyword is a decode option.
 REQUEST_KEYWORDS = ("seed", "speed", "stream", "sampler", "duration", "duration_method", "emotion", "mix", "join",
-                    "join_ms", "check_tags", "max_seconds")
+                    "join_ms", "check_tags", "max_seconds", "glossary")
 
 
 class CosyVoice:
@@ -130,7 +130,7 @@ class CosyVoice:
         clock = RequestClock(request.max_seconds or self.max_seconds, on_event)
         if request.check_tags:
             validate_tags(request.text, self.tokenizer)
-        segments = self.frontend.text_segments(request.text)
+        segments = self.frontend.text_segments(request.text, glossary=request.glossary)
         joiner = Joiner.create(request.join, request.join_ms, self.sample_rate)
         rng = Randomness.create(request.seed, request.sampler, self.cfg.llm, self.token2wav)
         prompts = clock.timed("prompt", self)._prompt_plan(request)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -12,6 +13,9 @@ from .config import ModelConfig
 from .errors import InputError, ModelFolderError
 from .prompts import Mode, lm_prompt_text, tts_text_prefix
 from .tokenizer import TextTokenizer
+
+if TYPE_CHECKING:  # the glossary module imports the voice store, which imports this module
+    from .glossary import Glossary
 
 SPEECH_TOKENIZER_RATE = 16000
 MAX_PROMPT_SECONDS = 30.0  # the speech tokenizer asserts this
@@ -101,9 +105,17 @@ class Frontend:
                 "another CosyVoice release, e.g. CosyVoice3's pinyin/ARPAbet pronunciation tokens); it would read "
                 "them as plain characters. Write the words instead, or use a model that has them.")
 
-    def text_segments(self, text: str, split: bool = True) -> list[str]:
+    def apply_glossary(self, text: str, glossary: Glossary | None) -> str:
+        """The text as the model receives it before normalisation: the glossary's readings substituted."""
+        if glossary is None or not len(glossary):
+            return text
+        glossary.check_tokenizer(self.tokenizer.added_tokens)
+        return glossary.apply(text)
+
+    def text_segments(self, text: str, split: bool = True, glossary: Glossary | None = None) -> list[str]:
         if not text or not text.strip():
             raise InputError("the text to speak is empty")
+        text = self.apply_glossary(text, glossary)
         self.check_release_tokens(text)
         segments = textproc.normalize(text, split=split, tokenizer=self.tokenizer)
         segments = [segments] if isinstance(segments, str) else list(segments)

@@ -21,6 +21,7 @@ from .config import LLMConfig
 from .duration import DURATION_METHODS
 from .errors import InputError, RequestTimeout
 from .frontend import PromptFeatures
+from .glossary import Glossary
 from .longtext import DEFAULT_JOIN_MS, SynthesisInfo, check_join
 from .noise import VocoderNoise
 from .progress import OnEvent, ProgressEvent
@@ -73,7 +74,8 @@ class SynthesisRequest:
     (rate, samples)) with `prompt_text` (its transcript; empty or None with a clip means cross-lingual; None with
     a voice uses the voice's own transcript). `instruct` selects instruct mode; `emotion` + `mix` splice the LM
     prompt from a second clip (mixing.py). `decode_options`: min_len, max_len, exact_len, eos_mask_mode.
-    `max_seconds`: the time limit (None: the engine's default).
+    `max_seconds`: the time limit (None: the engine's default). `glossary`: term -> reading fixes applied to the
+    text (not to the instruction or transcript) before it is normalised and split.
     """
 
     text: str
@@ -94,9 +96,12 @@ class SynthesisRequest:
     check_tags: bool = False
     decode_options: Mapping[str, Any] = field(default_factory=dict)
     max_seconds: float | None = None
+    glossary: Glossary | None = None
 
     def __post_init__(self):
         check_text(self.text)
+        if self.glossary is not None and not isinstance(self.glossary, Glossary):
+            raise InputError(f"glossary must be a Glossary, not {type(self.glossary).__name__}")
         _check_length("instruction", self.instruct, MAX_INSTRUCTION_CHARS)
         _check_length("prompt transcript", self.prompt_text, MAX_TRANSCRIPT_CHARS)
         if self.voice is not None:

@@ -23,6 +23,7 @@ import numpy as np
 from ..releases import detect_version
 from ..request import MAX_SEED, SynthesisRequest, SynthesisResult, check_text
 from ..errors import CosyVoiceError, InputError
+from ..glossary import Glossary, glossary_path
 from ..plan import ExecutionPlan
 from ..prompts import preset_instruction
 from ..voices import VoiceStore, validate_name
@@ -153,6 +154,11 @@ class Studio:
             return gr.skip()
         return preset_instruction(preset, detect_version(self.model_folder(model_dir)))
 
+    def glossary(self) -> Glossary | None:
+        """The studio's pronunciation glossary (glossary.json in the data folder), applied to every synthesis."""
+        glossary = Glossary.load(glossary_path(self.settings.data_dir))
+        return glossary if len(glossary) else None
+
     def _checked(self, model_dir: str, text: str, seed) -> tuple[Path, str, int]:
         """The request's model folder, text and seed, checked (by the engine's own rules) before a model loads."""
         return self.model_folder(model_dir), check_text(text), parse_seed(seed)
@@ -191,7 +197,7 @@ class Studio:
     def _synthesize(self, engine, text: str, progress, **options):
         """(result, request, elapsed) of one request, run by the engine's own checks."""
         start = time.perf_counter()
-        request = SynthesisRequest(text=text, check_tags=True, **options)
+        request = SynthesisRequest(text=text, check_tags=True, glossary=self.glossary(), **options)
         result = engine.synthesize(request, on_event=_progress_callback(progress))
         if result.audio.size == 0:
             raise InputError("the model produced no speech for this text; try another seed or text")
@@ -245,7 +251,8 @@ class Studio:
             start, first, chunks = time.perf_counter(), None, []
             # speed goes along so that the engine refuses a speed change while streaming, as the official model does.
             request = SynthesisRequest(text=text, voice=voice, prompt_text=transcript, seed=seed, stream=True,
-                                       speed=float(speed), join=join, join_ms=float(join_ms), check_tags=True)
+                                       speed=float(speed), join=join, join_ms=float(join_ms), check_tags=True,
+                                       glossary=self.glossary())
             stream_chunks = engine.stream(request, on_event=_progress_callback(progress))
             for chunk in stream_chunks:
                 first = first if first is not None else time.perf_counter() - start
@@ -433,7 +440,7 @@ class Studio:
         decode_options = controls.pop("decode_options", {})
         voice = VoiceStore(self.settings.voices_dir).load(clip.voice_name)
         return ExecutionPlan.parse(clip.backend), SynthesisRequest(
-            text=clip.text, voice=voice, seed=clip.seed, decode_options=decode_options,
+            text=clip.text, voice=voice, seed=clip.seed, decode_options=decode_options, glossary=self.glossary(),
             **{**controls, "sampler": clip.sampler})
 
     @user_errors

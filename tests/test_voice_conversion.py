@@ -158,3 +158,55 @@ def test_the_request_needs_exactly_one_target_voice(tiny_engine, prompt_wav):
         tiny_engine.convert(None, voice=voice)
     with pytest.raises(InputError, match="seed"):
         tiny_engine.convert(clip(2.0, seed=5), voice=voice, seed=-1)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+def test_cli_convert_with_a_prompt_clip_and_with_a_saved_voice(tiny_model_dir, prompt_wav, tmp_path, capsys):
+    import soundfile as sf
+
+    from cosyvoice_onnx.audio import write_wav
+    from cosyvoice_onnx.cli import main
+
+    source = tmp_path / "source.wav"
+    write_wav(source, synthetic_voice(2.0, 44100, seed=5), 44100)
+    out = tmp_path / "out.wav"
+    assert main([str(a) for a in ("convert", "--model", tiny_model_dir, "--source-wav", source, "--prompt-wav",
+                                  prompt_wav, "--out", out)]) == 0
+    assert "1 segment(s), 50 speech tokens" in capsys.readouterr().out
+    assert sf.info(str(out)).samplerate == 24000 and sf.info(str(out)).frames > 0
+    voices = tmp_path / "voices"
+    assert main([str(a) for a in ("voices", "save", "target", "--model", tiny_model_dir, "--prompt-wav",
+                                  prompt_wav, "--voices-dir", voices)]) == 0
+    assert main([str(a) for a in ("convert", "--model", tiny_model_dir, "--source-wav", source, "--voice", "target",
+                                  "--voices-dir", voices, "--out", out, "--stream", "--seed", "4")]) == 0
+    assert sf.info(str(out)).frames == 50 * 2 * 480
+
+
+@pytest.mark.parametrize("extra, expected, code", [
+    (["--voice", "x"], "either --prompt-wav or --voice", 2),
+    ([], "either --prompt-wav or --voice", 2),
+    (["--seed", "-3"], "argument --seed", 2),
+])
+def test_cli_convert_errors_are_one_line(tiny_model_dir, prompt_wav, tmp_path, capsys, extra, expected, code):
+    from cosyvoice_onnx.cli import main
+
+    argv = ["convert", "--model", tiny_model_dir, "--source-wav", prompt_wav, "--out", tmp_path / "o.wav"]
+    if extra != []:
+        argv += ["--prompt-wav", prompt_wav]
+    assert main([str(a) for a in argv + extra]) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and expected in err[0]
+
+
+def test_cli_convert_bad_source_is_one_line(tiny_model_dir, prompt_wav, tmp_path, capsys):
+    from cosyvoice_onnx.cli import main
+
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"RIFF nonsense")
+    for source, expected in ((tmp_path / "missing.wav", "not found"), (bad, "cannot read")):
+        assert main(["convert", "--model", str(tiny_model_dir), "--source-wav", str(source), "--prompt-wav",
+                     str(prompt_wav), "--out", str(tmp_path / "o.wav")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and expected in err[0]

@@ -25,6 +25,7 @@ from .frontend import MAX_PROMPT_SECONDS, SPEECH_TOKENIZER_RATE, Frontend, Promp
 from .longtext import SynthesisInfo
 from .noise import VocoderNoise
 from .progress import ProgressEvent
+from .prompts import MODES
 from .request import RequestClock, _check_number, _check_seed
 from .token2wav import Token2Wav
 
@@ -33,7 +34,7 @@ MAX_SEGMENT_SECONDS = MAX_PROMPT_SECONDS    # the speech tokenizer refuses longe
 MAX_SOURCE_SECONDS = 300.0                  # 10 segments; bounds the work one request can ask for
 PAUSE_FRAME_SECONDS = 0.02                  # energy frames for finding pauses
 PAUSE_SMOOTH_FRAMES = 10                    # a pause is a quiet 200 ms, not one quiet frame between syllables
-MODE = "vc"
+VC = MODES["vc"]
 
 
 @dataclass(frozen=True)
@@ -101,14 +102,13 @@ class Conversion:
         if request.voice is not None:
             self.prompt = request.voice
         else:
-            # Untrimmed, as the official vc frontend uses it.
-            self.prompt = timed_frontend.extract_prompt(request.prompt_wav, trim=False)
+            self.prompt = timed_frontend.extract_prompt(request.prompt_wav, trim=VC.trim_prompt)
         wav = load_source(request.source_wav)
         self.ranges = split_at_pauses(wav, SPEECH_TOKENIZER_RATE)
         tokenize = clock.timed("source", frontend).speech_tokens
         self.tokens = [tokenize(wav[start:end]).reshape(-1) for start, end in self.ranges]
         self.noise: VocoderNoise = token2wav.request_noise(request.seed)
-        self.info = SynthesisInfo(MODE, [f"{s / SPEECH_TOKENIZER_RATE:.2f}-{e / SPEECH_TOKENIZER_RATE:.2f} s"
+        self.info = SynthesisInfo(VC.name, [f"{s / SPEECH_TOKENIZER_RATE:.2f}-{e / SPEECH_TOKENIZER_RATE:.2f} s"
                                          for s, e in self.ranges],
                                   estimated_seconds=len(wav) / SPEECH_TOKENIZER_RATE)
 

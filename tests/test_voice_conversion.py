@@ -67,6 +67,9 @@ def test_torch_and_onnx_conversions_agree(engine_of, tiny_export_of, version):
     print(f"CV{version} conversion torch vs onnx: mel max diff {mel_diff:.2e}, audio SNR {snr_db(a, b):.1f} dB")
     assert mel_diff <= 1e-3
     assert a.shape == b.shape and snr_db(a, b) >= 40
+    streamed = [np.concatenate(list(tts.convert(source, prompt_wav=prompt, seed=3, stream=True)))
+                for tts in (ref, test)]
+    assert streamed[0].shape == streamed[1].shape and snr_db(*streamed) >= 40
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -210,3 +213,11 @@ def test_cli_convert_bad_source_is_one_line(tiny_model_dir, prompt_wav, tmp_path
                      str(prompt_wav), "--out", str(tmp_path / "o.wav")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and expected in err[0]
+
+
+def test_a_conversion_stops_at_its_time_limit(tiny_engine, prompt_wav):
+    from cosyvoice_onnx.errors import RequestTimeout
+
+    voice = tiny_engine.prompt_from_audio(prompt_wav)
+    with pytest.raises(RequestTimeout, match="time limit|limit"):
+        tiny_engine.convert(clip(2.0, seed=5), voice=voice, max_seconds=1e-6)

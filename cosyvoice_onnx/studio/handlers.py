@@ -404,8 +404,9 @@ class Studio:
                 elapsed = time.perf_counter() - start
                 self._keep(result.audio, engine.sample_rate, "vc", f"voice conversion of {name}", spec, seed, label)
                 outputs.append(to_output(result.audio, engine.sample_rate))
+                rtf = elapsed / max(result.seconds, 1e-9)
                 rows.append(f"| {side} | `{spec}` | {result.seconds:.2f} s | {len(result.info.segments)} | "
-                            f"{sum(result.info.tokens)} | {elapsed:.2f} s | {elapsed / max(result.seconds, 1e-9):.2f} |")
+                            f"{sum(result.info.tokens)} | {elapsed:.2f} s | {rtf:.2f} |")
         report = "\n".join([f"**voice conversion** · seed {seed} · voice: {label}", "",
                             "| | backend | audio | segments | speech tokens | time | RTF |",
                             "|---|---|---|---|---|---|---|", *rows])

@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli_args import folder, output_file, seed
+from .cli_args import float_range, folder, output_file, seed
 from .errors import CosyVoiceError, InputError
 
 
@@ -31,7 +31,7 @@ def _cmd_convert(args) -> int:
         print(event.message, file=sys.stderr)
 
     result = tts.convert(args.source_wav, voice=voice, prompt_wav=args.prompt_wav, stream=args.stream,
-                         seed=args.seed, on_event=show)
+                         seed=args.seed, speed=args.speed, on_event=show)
     if args.stream:
         for count, chunk in enumerate(result, 1):
             print(f"chunk {count}: {len(chunk) / tts.sample_rate:.2f} s", file=sys.stderr)
@@ -63,5 +63,6 @@ def add_convert_command(sub, backend_help: str, device_help: str) -> None:
     c.add_argument("--backend", default="torch", help=backend_help)
     c.add_argument("--device", default="auto", help=device_help)
     c.add_argument("--seed", type=seed, default=0, help="CosyVoice2's vocoder noise (CosyVoice3's is fixed)")
+    c.add_argument("--speed", type=float_range(0.5, 2.0), default=1.0, help="0.5 .. 2 (non-streaming)")
     c.add_argument("--stream", action="store_true", help="convert in streaming chunks (the synthesis schedule)")
     c.set_defaults(func=_cmd_convert)

@@ -26,7 +26,7 @@ from .longtext import SynthesisInfo
 from .noise import VocoderNoise
 from .progress import ProgressEvent
 from .prompts import MODES
-from .request import RequestClock, _check_number, _check_seed
+from .request import RequestClock, _check_number, _check_seed, check_speed
 from .token2wav import Token2Wav
 
 MIN_SOURCE_SECONDS = 0.5
@@ -41,7 +41,8 @@ VC = MODES["vc"]
 class ConversionRequest:
     """One conversion: the source recording (path, bytes or (rate, samples)) and the target voice, given as a
     saved voice (`voice`) or a prompt clip (`prompt_wav`). `seed` draws CosyVoice2's vocoder noise (CosyVoice3's
-    is fixed); `max_seconds` is the time limit (None: the engine's default)."""
+    is fixed); `speed` (0.5 .. 2, not streaming) resamples the mel as in synthesis and the official vc call;
+    `max_seconds` is the time limit (None: the engine's default)."""
 
     source_wav: Any
     voice: PromptFeatures | None = None
@@ -49,6 +50,7 @@ class ConversionRequest:
     seed: int = 0
     stream: bool = False
     max_seconds: float | None = None
+    speed: float = 1.0
 
     def __post_init__(self):
         if self.source_wav is None:
@@ -58,6 +60,7 @@ class ConversionRequest:
         if self.voice is not None and self.prompt_wav is not None:
             raise InputError("give the target voice either as a saved voice or as a prompt clip, not both")
         object.__setattr__(self, "seed", _check_seed(self.seed))
+        check_speed(self.speed, self.stream)
         if self.max_seconds is not None and not _check_number("max_seconds", self.max_seconds) > 0:
             raise InputError(f"max_seconds must be positive, got {self.max_seconds}")
 
@@ -122,7 +125,7 @@ class Conversion:
                                                prompt.embedding, noise=self.noise)
             else:
                 pieces = iter([self.token2wav.whole(tokens, prompt.speech_tokens, prompt.mel, prompt.embedding,
-                                                    noise=self.noise)])
+                                                    speed=self.request.speed, noise=self.noise)])
             for piece in pieces:
                 samples += len(piece)
                 yield piece

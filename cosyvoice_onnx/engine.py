@@ -194,8 +194,8 @@ class CosyVoice:
         job.segment_done(index + 1, len(job.segments))
 
     def convert(self, source_wav: ConversionRequest | Any = None, *, voice: PromptFeatures | None = None,
-                prompt_wav=None, stream: bool = False, seed: int = 0, max_seconds: float | None = None,
-                on_event: OnEvent | None = None) -> SynthesisResult | SynthesisStream:
+                prompt_wav=None, stream: bool = False, seed: int = 0, speed: float = 1.0,
+                max_seconds: float | None = None, on_event: OnEvent | None = None) -> SynthesisResult | SynthesisStream:
         """Voice conversion: `source_wav` re-spoken in the target voice (`voice` or `prompt_wav`), no LM involved
         (conversion.py). Returns a SynthesisResult of mode "vc", or with stream=True a SynthesisStream of its
         chunks. A ConversionRequest may be given instead of the keywords."""
@@ -204,7 +204,7 @@ class CosyVoice:
             if voice is not None or prompt_wav is not None:
                 raise InputError("give either a ConversionRequest or the source with keyword arguments, not both")
         else:
-            request = ConversionRequest(source_wav, voice, prompt_wav, seed, stream, max_seconds)
+            request = ConversionRequest(source_wav, voice, prompt_wav, seed, stream, max_seconds, speed)
         clock = RequestClock(request.max_seconds or self.max_seconds, on_event)
         token2wav = self.token2wav.with_stages(clock.timed("flow", self.stages.flow),
                                                clock.timed("vocoder", self.stages.vocoder))

@@ -161,6 +161,16 @@ def test_the_request_needs_exactly_one_target_voice(tiny_engine, prompt_wav):
         tiny_engine.convert(None, voice=voice)
     with pytest.raises(InputError, match="seed"):
         tiny_engine.convert(clip(2.0, seed=5), voice=voice, seed=-1)
+    with pytest.raises(InputError, match="without streaming"):
+        tiny_engine.convert(clip(2.0, seed=5), voice=voice, speed=1.5, stream=True)
+    with pytest.raises(InputError, match="outside 0.5 .. 2.0"):
+        tiny_engine.convert(clip(2.0, seed=5), voice=voice, speed=3)
+
+
+def test_speed_resamples_the_mel(tiny_engine, prompt_wav):
+    voice = tiny_engine.prompt_from_audio(prompt_wav)
+    hop = tiny_engine.cfg.hift.hop_samples
+    assert len(tiny_engine.convert(clip(2.0, seed=5), voice=voice, speed=2.0).audio) == 50 * hop   # 100 frames / 2
 
 
 # ---------------------------------------------------------------- CLI

@@ -101,20 +101,22 @@ def load_audio(source: AudioSource, target_rate: int) -> np.ndarray:
 
 
 def check_prompt_audio(wav16k: np.ndarray, sample_rate: int = 16000, *, min_seconds: float = MIN_PROMPT_SECONDS,
-                       max_seconds: float = MAX_PROMPT_SECONDS) -> None:
-    """Raises InputError unless the prompt is finite, audible and between min_seconds and max_seconds long."""
+                       max_seconds: float = MAX_PROMPT_SECONDS, what: str = "prompt audio",
+                       limit: str = "the speech tokenizer limit; trim it") -> None:
+    """Raises InputError unless the clip is finite, audible and between min_seconds and max_seconds long.
+
+    `what` names the clip in the messages (a prompt, a voice-conversion source); `limit` says why the upper bound."""
     seconds = len(wav16k) / sample_rate
     if not np.all(np.isfinite(wav16k)):
-        raise InputError("the prompt audio contains NaN or infinite samples")
+        raise InputError(f"the {what} contains NaN or infinite samples")
     if seconds < min_seconds:
-        raise InputError(f"the prompt audio is {seconds:.2f} s long; at least {min_seconds:g} s is needed")
+        raise InputError(f"the {what} is {seconds:.2f} s long; at least {min_seconds:g} s is needed")
     if seconds > max_seconds:
-        raise InputError(f"the prompt audio is {seconds:.1f} s long; at most {max_seconds:g} s is supported "
-                         "(the speech tokenizer limit); trim it")
+        raise InputError(f"the {what} is {seconds:.1f} s long; at most {max_seconds:g} s is supported ({limit})")
     peak = float(np.max(np.abs(wav16k)))
     rms = float(np.sqrt(np.mean(np.square(wav16k, dtype=np.float64))))
     if peak < SILENCE_PEAK or rms < SILENCE_RMS:
-        raise InputError(f"the prompt audio is silent (peak {peak:.2g}, RMS {rms:.2g}); record or upload speech")
+        raise InputError(f"the {what} is silent (peak {peak:.2g}, RMS {rms:.2g}); record or upload speech")
 
 
 def to_int16(audio: np.ndarray) -> np.ndarray:

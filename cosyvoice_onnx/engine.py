@@ -6,11 +6,13 @@ import gc
 
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
 
 from .backends import Stages, load_stages
+from .conversion import Conversion, ConversionRequest
 from .devices import Device
 from .duration import DurationTarget, estimate_tokens, render_frames
 from .errors import CosyVoiceError, InputError
@@ -190,6 +192,34 @@ class CosyVoice:
         job.info.tokens.append(tokens)
         job.info.segment_samples.append(samples)
         job.segment_done(index + 1, len(job.segments))
+
+    def convert(self, source_wav: ConversionRequest | Any = None, *, voice: PromptFeatures | None = None,
+                prompt_wav=None, stream: bool = False, seed: int = 0, speed: float = 1.0,
+                max_seconds: float | None = None, on_event: OnEvent | None = None) -> SynthesisResult | SynthesisStream:
+        """Voice conversion: `source_wav` re-spoken in the target voice (`voice` or `prompt_wav`), no LM involved
+        (conversion.py). Returns a SynthesisResult of mode "vc", or with stream=True a SynthesisStream of its
+        chunks. A ConversionRequest may be given instead of the keywords."""
+        if isinstance(source_wav, ConversionRequest):
+            request = source_wav
+            if voice is not None or prompt_wav is not None:
+                raise InputError("give either a ConversionRequest or the source with keyword arguments, not both")
+        else:
+            request = ConversionRequest(source_wav, voice, prompt_wav, seed, stream, max_seconds, speed)
+        clock = RequestClock(request.max_seconds or self.max_seconds, on_event)
+        token2wav = self.token2wav.with_stages(clock.timed("flow", self.stages.flow),
+                                               clock.timed("vocoder", self.stages.vocoder))
+        job = Conversion(self.frontend, token2wav, request, clock)
+
+        def finish(chunks: list[np.ndarray]) -> SynthesisResult:
+            audio = np.concatenate(chunks).astype(np.float32) if chunks else np.zeros(0, dtype=np.float32)
+            job.info.samples, job.info.seconds = len(audio), len(audio) / self.sample_rate
+            # No LM, so no sampler: "none".
+            return SynthesisResult(audio, self.sample_rate, job.info.mode, "none", str(self.plan), request.seed,
+                                   job.info, {**clock.timings, "total": clock.elapsed()}, list(clock.events))
+
+        if request.stream:
+            return SynthesisStream(job.chunks(), finish)
+        return finish(list(job.chunks()))
 
     # ------------------------------------------------------------------ stage level
 

@@ -25,6 +25,8 @@ MODES = {
     "zero_shot": Mode("zero_shot", lm_prompt_speech=True, needs_transcript=True, needs_instruction=False),
     "cross_lingual": Mode("cross_lingual", lm_prompt_speech=False, needs_transcript=False, needs_instruction=False),
     "instruct": Mode("instruct", lm_prompt_speech=False, needs_transcript=False, needs_instruction=True),
+    # Voice conversion has no LM: the source's speech tokens go straight to the flow (conversion.py).
+    "vc": Mode("vc", lm_prompt_speech=False, needs_transcript=False, needs_instruction=False, trim_prompt=False),
 }
 
 

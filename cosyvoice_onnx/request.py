@@ -59,6 +59,16 @@ def _check_seed(seed: Any) -> int:
     return int(seed)
 
 
+def check_speed(value: Any, stream: bool) -> float:
+    """A speed ratio in SPEED_RANGE; only 1 when streaming (the official model changes speed only on whole clips)."""
+    speed = _check_number("speed", value)
+    if stream and speed != 1.0:
+        raise InputError("speed change works only without streaming (as in the official model)")
+    if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
+        raise InputError(f"speed {speed} is outside {SPEED_RANGE[0]} .. {SPEED_RANGE[1]}")
+    return speed
+
+
 def _check_number(what: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(value)):
@@ -109,11 +119,7 @@ class SynthesisRequest:
         if self.emotion is not None:
             _check_length("emotion clip's transcript", self.emotion.transcript, MAX_TRANSCRIPT_CHARS)
         object.__setattr__(self, "seed", _check_seed(self.seed))
-        speed = _check_number("speed", self.speed)
-        if self.stream and speed != 1.0:
-            raise InputError("speed change works only without streaming (as in the official model)")
-        if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
-            raise InputError(f"speed {speed} is outside {SPEED_RANGE[0]} .. {SPEED_RANGE[1]}")
+        speed = check_speed(self.speed, self.stream)
         if self.duration is not None:
             _check_number("duration", self.duration)
             if self.stream:

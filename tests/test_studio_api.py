@@ -27,7 +27,7 @@ TEXT = "Hello there, this is the studio speaking."
 pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 ENDPOINTS = {"/zero_shot", "/instruct", "/mix", "/duration", "/ab", "/model_status", "/download", "/export",
-             "/make_tiny_model",
+             "/make_tiny_model", "/convert",
              "/save_voice", "/delete_voice", "/voices", "/history", "/history_clip", "/delete_clip", "/apply_pinyin"}
 
 
@@ -191,6 +191,28 @@ def test_ab_torch_against_onnx_with_parity(client, exported, prompt_wav):
     assert snr > 30
     assert "| A | `torch` |" in report and "| B | `onnx` |" in report
     assert "logits max|mean abs diff" in report and "waveform SNR" in report
+
+
+def test_voice_conversion_plays_what_the_engine_made_and_compares_backends(client, tiny_engine, prompt_wav, clips,
+                                                                         exported, server):
+    source = clips["emotion"]
+    a, b, report = client.predict(handle_file(str(source)), handle_file(str(prompt_wav)), "", 2, api_name="/convert")
+    assert b is None and "voice conversion" in report and "| A | `torch` |" in report
+    expected = to_int16(tiny_engine.convert(source, prompt_wav=prompt_wav, seed=2).audio)
+    assert np.max(np.abs(read(a)[1].astype(np.int32) - expected)) <= 1
+    assert server[1].history.clips()[0].mode == "vc"
+    a, b, report = client.predict(handle_file(str(source)), handle_file(str(prompt_wav)), "", 2, "torch", "fp32", "",
+                                  str(exported), "onnx", api_name="/convert")
+    audio_a, audio_b = read(a)[1].astype(np.float64), read(b)[1].astype(np.float64)
+    assert audio_a.shape == audio_b.shape and "| B | `onnx` |" in report
+    assert 10 * np.log10(np.sum(audio_a ** 2) / max(np.sum((audio_a - audio_b) ** 2), 1e-9)) > 30
+    for source, expected in ((clips["silent"], "source audio is silent"), (clips["corrupt"], "cannot read"),
+                             (None, "no source audio")):
+        with pytest.raises(AppError, match=expected):
+            client.predict(handle_file(str(source)) if source else None, handle_file(str(prompt_wav)), "", 0,
+                           api_name="/convert")
+    with pytest.raises(AppError, match="no target voice"):
+        client.predict(handle_file(str(clips["emotion"])), None, "", 0, api_name="/convert")
 
 
 def test_saved_voice_replaces_the_upload(client, prompt_wav, server):

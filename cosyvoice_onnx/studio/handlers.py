@@ -381,6 +381,44 @@ class Studio:
         return ("Parity, A as reference (same seed, tokens, noise and prompt; per-stage times in seconds):\n\n"
                 f"```\n{format_report(report)}\n```")
 
+    @user_errors
+    def convert(self, source_audio: str | None = None, prompt_audio: str | None = None, saved_voice: str = "",
+                seed: int = 0, backend: str = "torch", precision: str = "fp32", stages: str = "", model_dir: str = "",
+                backend_b: str = "", progress=gr.Progress()):
+        """Voice conversion: the source clip re-spoken in the voice panel's voice; with backend_b also on B.
+        Returns (A's clip, B's clip or None, summary). An uploaded target clip goes to the engine as is (untrimmed,
+        as the official conversion uses it), a saved voice as saved."""
+        model, seed = self.model_folder(model_dir), parse_seed(seed)
+        specs = [backend_spec(backend, precision, stages)]
+        if backend_b and backend_b.strip():
+            specs.append(checked_spec(backend_b.strip(), "backend B"))
+        source = read_upload(source_audio, "source audio")
+        if source is None:
+            raise InputError("no source audio: upload or record the speech to convert")
+        target = None if saved_voice else read_upload(prompt_audio, "target voice clip")
+        if not saved_voice and target is None:
+            raise InputError("no target voice: upload or record a clip in the voice panel, or pick a saved voice")
+        name = Path(source_audio).name
+        label = saved_voice or "uploaded clip"
+        outputs, rows = [], []
+        for side, spec in zip("AB", specs):
+            progress(0, desc=f"{side}: loading {spec}")
+            with self.cache.use(model, spec) as engine:
+                voice = engine.voice_store(self.settings.voices_dir).load(saved_voice) if saved_voice else None
+                start = time.perf_counter()
+                result = engine.convert(source, voice=voice, prompt_wav=target, seed=seed,
+                                        on_event=_progress_callback(progress))
+                elapsed = time.perf_counter() - start
+                self._keep(result.audio, engine.sample_rate, "vc", f"voice conversion of {name}", spec, seed, label)
+                outputs.append(to_output(result.audio, engine.sample_rate))
+                rtf = elapsed / max(result.seconds, 1e-9)
+                rows.append(f"| {side} | `{spec}` | {result.seconds:.2f} s | {len(result.info.segments)} | "
+                            f"{sum(result.info.tokens)} | {elapsed:.2f} s | {rtf:.2f} |")
+        report = "\n".join([f"**voice conversion** · seed {seed} · voice: {label}", "",
+                            "| | backend | audio | segments | speech tokens | time | RTF |",
+                            "|---|---|---|---|---|---|---|", *rows])
+        return outputs[0], outputs[1] if len(outputs) > 1 else None, report
+
     # ------------------------------------------------------------------ saved voices
 
     def voice_names(self) -> list[str]:

@@ -6,7 +6,7 @@ import gradio as gr
 
 from .handlers import Studio
 from .media import MAX_UPLOAD_BYTES
-from .tabs import ab, duration, glossary, history, instruct, mix, models, zero_shot
+from .tabs import ab, convert, duration, glossary, history, instruct, mix, models, zero_shot
 from .tabs.common import PRIVATE, Shared, build_header, build_text_panel, build_voice_panel, wire_voice_panel
 
 TITLE = "CosyVoice ONNX Studio"
@@ -43,6 +43,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 generated.append(duration.build(studio, shared))
             with gr.Tab("A/B", id="ab"):
                 generated.append(ab.build(studio, shared))
+            with gr.Tab("Voice conversion", id="vc"):
+                generated.append(convert.build(studio, shared))
             with gr.Tab("Glossary", id="glossary"):
                 glossary_admin, glossary_table = glossary.build(studio, shared)
             with gr.Tab("Models", id="models"):

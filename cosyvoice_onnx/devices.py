@@ -66,6 +66,33 @@ def ort_has_cuda() -> bool:
     return CUDA_PROVIDER in ort.get_available_providers()
 
 
+def gpu_summary() -> str | None:
+    """The GPUs torch sees with their free memory ("cuda:0 NVIDIA H200, 131.2 of 139.8 GiB free"); None without."""
+    count = torch_cuda_count()
+    if not count:
+        return None
+    import torch
+
+    parts = []
+    for index in range(count):
+        free, total = torch.cuda.mem_get_info(index)
+        parts.append(f"cuda:{index} {torch.cuda.get_device_name(index)}, {free / 2**30:.1f} of {total / 2**30:.1f} GiB free")
+    return "; ".join(parts)
+
+
+def describe_device(device: Device) -> str:
+    """One line for a UI: what `device` becomes for each backend, and the GPUs there are."""
+    def concrete(resolve) -> str:
+        try:
+            return str(resolve(device))
+        except InputError as exc:
+            return f"unavailable ({exc})"
+
+    line = f"device {device}: PyTorch stages on {concrete(resolve_torch)}, ONNX stages on {concrete(resolve_onnx)}"
+    gpus = gpu_summary()
+    return f"{line}. GPU: {gpus}" if gpus else f"{line}. No GPU seen by torch."
+
+
 def resolve_torch(device: Device) -> Device:
     """The concrete device for a torch stage: auto -> cuda when torch sees a GPU, else cpu."""
     count = torch_cuda_count()

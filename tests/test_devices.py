@@ -131,3 +131,25 @@ def test_cli_synth_on_missing_cuda_is_one_error_line(tiny_model_dir, prompt_wav,
     assert code == 2 and err == ["error: device cuda was asked for the PyTorch backend, but torch sees no CUDA GPU "
                                  "(a CPU-only torch build, or no NVIDIA driver); use --device cpu"]
     assert not (tmp_path / "out.wav").exists()
+
+
+def test_studio_plans_run_on_its_device_and_name_a_missing_gpu(monkeypatch):
+    from cosyvoice_onnx.studio.handlers import backend_spec
+
+    monkeypatch.setattr(devices, "torch_cuda_count", lambda: 0)
+    monkeypatch.setattr(devices, "ort_has_cuda", lambda: False)
+    assert str(backend_spec("onnx", "int8", "", "auto")) == "onnx:int8"   # auto resolves to the CPU here
+    with pytest.raises(InputError, match="torch sees no CUDA GPU"):
+        backend_spec("torch", "fp32", "", "cuda")
+    with pytest.raises(InputError, match="is not a backend spec"):
+        backend_spec("torch", "fp32", "lm=onnx,bogus", "cpu")
+    summary = devices.describe_device(devices.parse_device("auto"))
+    assert "PyTorch stages on cpu" in summary and "No GPU seen by torch" in summary
+
+
+def test_gpu_summary_names_each_gpu_with_free_memory(monkeypatch):
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(devices, "torch_cuda_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda index: (10 * 2**30, 16 * 2**30))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index: "Test GPU")
+    assert devices.gpu_summary() == "cuda:0 Test GPU, 10.0 of 16.0 GiB free"

@@ -109,12 +109,13 @@ def parse_seed(value) -> int:
     return number
 
 
-def backend_spec(backend: str, precision: str = "fp32", stages: str = "") -> ExecutionPlan:
-    """The execution plan the three header selectors make; a per-stage spec wins when given."""
+def backend_spec(backend: str, precision: str = "fp32", stages: str = "", device: str = "auto") -> ExecutionPlan:
+    """The execution plan the three header selectors make on the studio's `--device`; a per-stage spec wins."""
     if stages and stages.strip():
-        return checked_spec(stages.strip(), "the per-stage box's")
+        return checked_spec(stages.strip(), "the per-stage box's", device)
     backend = (backend or "torch").strip()
-    return checked_spec(backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}", "the backend")
+    return checked_spec(backend if (precision or "fp32") == "fp32" else f"{backend}:{precision}", "the backend",
+                        device)
 
 
 def random_seed() -> int:
@@ -234,7 +235,7 @@ class Studio:
                   progress=gr.Progress()):
         """Yields (live chunk or None, finished clip or None, summary); streaming fills the live player first."""
         model, text, seed = self._checked(model_dir, text, seed)
-        spec = backend_spec(backend, precision, stages)
+        spec = backend_spec(backend, precision, stages, self.settings.device)
         progress(0, desc="loading the model")
         with self.cache.use(model, spec) as engine:
             voice, label = self._voice(engine, prompt_audio, saved_voice, transcript)
@@ -275,7 +276,7 @@ class Studio:
                  seed: int = 0, join: str = "none", join_ms: float = 40, backend: str = "torch",
                  precision: str = "fp32", stages: str = "", model_dir: str = "", progress=gr.Progress()):
         model, text, seed = self._checked(model_dir, text, seed)
-        spec = backend_spec(backend, precision, stages)
+        spec = backend_spec(backend, precision, stages, self.settings.device)
         if not (instruction or "").strip():
             raise InputError("the instruction is empty: describe how to speak, or pick a preset")
         progress(0, desc="loading the model")
@@ -296,7 +297,7 @@ class Studio:
             weight: float = 0.5, seed: int = 0, backend: str = "torch", precision: str = "fp32", stages: str = "",
             model_dir: str = "", progress=gr.Progress()):
         model, text, seed = self._checked(model_dir, text, seed)
-        spec = backend_spec(backend, precision, stages)
+        spec = backend_spec(backend, precision, stages, self.settings.device)
         weight = float(weight)
         if not 0.0 <= weight <= 1.0:
             raise InputError(f"the emotion weight {weight} is outside 0 .. 1")
@@ -321,7 +322,7 @@ class Studio:
                  seed: int = 0, backend: str = "torch", precision: str = "fp32", stages: str = "",
                  model_dir: str = "", progress=gr.Progress()):
         model, text, seed = self._checked(model_dir, text, seed)
-        spec = backend_spec(backend, precision, stages)
+        spec = backend_spec(backend, precision, stages, self.settings.device)
         if target not in ("seconds", "speed"):
             raise InputError("target must be 'seconds' (exact length) or 'speed' (a speed ratio)")
         control = ({"duration": float(seconds), "duration_method": method} if target == "seconds"
@@ -347,7 +348,7 @@ class Studio:
            model_dir: str = "", progress=gr.Progress()):
         """The same request on two backends from the same seed, plus stage-by-stage parity figures."""
         model, text, seed = self._checked(model_dir, text, seed)
-        specs = [checked_spec((spec or "torch").strip(), f"backend {side}")
+        specs = [checked_spec((spec or "torch").strip(), f"backend {side}", self.settings.device)
                  for side, spec in (("A", backend_a), ("B", backend_b))]
         progress(0, desc=f"loading {specs[0]} and {specs[1]}")
         entries = [self.cache.get(model, spec) for spec in specs]
@@ -389,9 +390,9 @@ class Studio:
         Returns (A's clip, B's clip or None, summary). An uploaded target clip goes to the engine as is (untrimmed,
         as the official conversion uses it), a saved voice as saved."""
         model, seed = self.model_folder(model_dir), parse_seed(seed)
-        specs = [backend_spec(backend, precision, stages)]
+        specs = [backend_spec(backend, precision, stages, self.settings.device)]
         if backend_b and backend_b.strip():
-            specs.append(checked_spec(backend_b.strip(), "backend B"))
+            specs.append(checked_spec(backend_b.strip(), "backend B", self.settings.device))
         source = read_upload(source_audio, "source audio")
         if source is None:
             raise InputError("no source audio: upload or record the speech to convert")
@@ -428,7 +429,7 @@ class Studio:
     def save_voice(self, name: str, prompt_audio: str | None = None, transcript: str = "", backend: str = "torch",
                    precision: str = "fp32", stages: str = "", model_dir: str = "", overwrite: bool = False) -> str:
         name = validate_name((name or "").strip())
-        model, spec = self.model_folder(model_dir), backend_spec(backend, precision, stages)
+        model, spec = self.model_folder(model_dir), backend_spec(backend, precision, stages, self.settings.device)
         if not prompt_audio:
             raise InputError("no prompt audio to save: upload or record a clip first")
         with self.cache.use(model, spec) as engine:

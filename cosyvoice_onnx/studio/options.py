@@ -18,6 +18,7 @@ def add_studio_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true",
                    help="allow --share or a non-local --host without --auth (anyone who reaches it can use it)")
     p.add_argument("--backend", default="torch", help="torch | onnx[:fp16|:int8] | lm=onnx:int8,flow=torch,...")
+    p.add_argument("--device", default="auto", help="auto (a GPU where the backend sees one), cpu, cuda or cuda:N")
     p.add_argument("--data-dir", type=Path, default=Path("studio_data"), help="saved voices and history")
     p.add_argument("--models-dir", type=Path, default=Path("models"), help="where the Models tab downloads to")
     p.add_argument("--allow-dir", type=Path, action="append", default=[], metavar="DIR",

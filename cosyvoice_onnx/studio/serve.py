@@ -15,7 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 def settings_from_args(args: argparse.Namespace):
     from .settings import StudioSettings
 
-    return StudioSettings(model_dir=args.model, backend=args.backend, data_dir=args.data_dir,
+    return StudioSettings(model_dir=args.model, backend=args.backend, device=args.device, data_dir=args.data_dir,
                           models_dir=args.models_dir, allow_dirs=args.allow_dir, concurrency=args.concurrency,
                           max_queue=args.max_queue, engine_lock=args.engine_lock,
                           cache_seconds=max(1, round(args.cache_minutes * 60)))
@@ -30,7 +30,7 @@ def serve(args: argparse.Namespace) -> int:
     from .state import checked_spec
 
     try:
-        checked_spec(args.backend, "--backend")
+        checked_spec(args.backend, "--backend", args.device)
     except CosyVoiceError as exc:
         raise SystemExit(f"error: {exc}") from exc
     if args.model is not None and not args.model.is_dir():

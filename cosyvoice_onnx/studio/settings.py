@@ -21,6 +21,7 @@ class StudioSettings:
 
     model_dir: Path | None = None
     backend: str = "torch"
+    device: str = "auto"                       # where stages run unless a per-stage spec names a device
     data_dir: Path = Path("studio_data")
     models_dir: Path = Path("models")
     allow_dirs: list[Path] = field(default_factory=list)   # more folders model paths may lie under

@@ -12,13 +12,15 @@ from ..errors import CosyVoiceError, InputError
 from ..plan import ExecutionPlan
 
 
-def checked_spec(spec: str | ExecutionPlan, where: str) -> ExecutionPlan:
-    """The execution plan a typed backend spec names, refused with an example when it does not parse."""
+def checked_spec(spec: str | ExecutionPlan, where: str, device: str = "auto") -> ExecutionPlan:
+    """The execution plan a typed backend spec names (on `device` where a stage names none, `auto` made concrete
+    so history and reports name the real device), refused with an example when it does not parse."""
     try:
-        return ExecutionPlan.parse(spec)
+        plan = ExecutionPlan.parse(spec, device=device)
     except CosyVoiceError as exc:
         raise InputError(f"{where} {spec!r} is not a backend spec: {exc}. Write e.g. onnx:int8 or "
                          "lm=onnx:int8,flow=torch,vocoder=onnx") from exc
+    return plan.resolved()  # a device this machine lacks is an InputError naming what is missing
 
 
 class EngineCache:

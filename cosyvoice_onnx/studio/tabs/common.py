@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import gradio as gr
 
+from ...devices import describe_device, parse_device
 from ...plan import BACKENDS as PLAN_BACKENDS
 from ...plan import EXPORT_PRECISIONS, PRECISIONS as PLAN_PRECISIONS
 from ...plan import ExecutionPlan
@@ -75,7 +76,8 @@ def build_header(studio: Studio) -> dict:
                                 info="int8 needs the ONNX backend, bf16 the PyTorch one")
     with gr.Accordion("Per-stage backends (advanced)", open=per_stage):
         stages = gr.Textbox(value=spec if per_stage else "", label="Per-stage spec (overrides the two selectors)",
-                            placeholder="lm=onnx:int8,flow=torch,vocoder=onnx")
+                            placeholder="lm=onnx:int8,flow=torch,vocoder=onnx   (a choice may end in @cpu or @cuda:N)")
+    gr.Markdown(describe_device(parse_device(studio.settings.device)), elem_id="device-summary")
     return {"model_dir": model_dir, "backend": backend, "precision": precision, "stages": stages}
 
 

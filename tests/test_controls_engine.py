@@ -33,7 +33,7 @@ def clips(tiny_engine):
 @pytest.fixture()
 def two_segments(tiny_engine, monkeypatch):
     """Two short segments without a text long enough for the splitter (which test_text covers)."""
-    monkeypatch.setattr(tiny_engine.frontend, "text_segments", lambda text, split=True: list(SEGMENTS))
+    monkeypatch.setattr(tiny_engine.frontend, "text_segments", lambda text, split=True, glossary=None: list(SEGMENTS))
 
 
 @pytest.fixture()

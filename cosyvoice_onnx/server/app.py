@@ -167,9 +167,11 @@ def create_app(engine, settings: ServerSettings) -> FastAPI:
         fmt = body.response_format
         if request.stream:
             return await _streamed(pool, engine, request, fmt)
-        result = await pool.run(engine.synthesize, request)
-        audio = await pool.run(encode, result.audio, result.sample_rate, fmt) if fmt not in ("wav", "pcm") \
-            else encode(result.audio, result.sample_rate, fmt)
+        def synthesize_and_encode():   # one worker call: a finished clip is never refused for its encoding
+            result = engine.synthesize(request)
+            return result, encode(result.audio, result.sample_rate, fmt)
+
+        result, audio = await pool.run(synthesize_and_encode)
         return Response(audio, media_type=MEDIA_TYPES[fmt],
                         headers={"X-Seed": str(result.seed), "X-Sample-Rate": str(result.sample_rate)})
 

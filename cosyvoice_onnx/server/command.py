@@ -65,8 +65,12 @@ def build_server(args: argparse.Namespace):
 
 def mount_studio(app, engine, args: argparse.Namespace) -> None:
     """The studio at /studio, sharing the server's engine; behind a login (user `api`, the key) with --api-key."""
-    import gradio as gr
-
+    try:
+        import gradio as gr
+    except ImportError:
+        print("warning: no studio at /studio: Gradio is not installed (pip install 'cosyvoice-onnx[studio]')",
+              file=sys.stderr)
+        return
     from ..studio import Studio, StudioSettings, build_app, launch_options
     from ..studio.media import provide_ffmpeg
     from ..studio.state import EngineCache

@@ -155,6 +155,12 @@ def _cmd_studio(args) -> int:
     return serve(args)
 
 
+def _cmd_serve(args) -> int:
+    from .server.command import serve  # FastAPI, uvicorn and Gradio load only for this command
+
+    return serve(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="cosyvoice-onnx", description=__doc__,
                 epilog="exit status: " + "; ".join(f"{code} {meaning}" for code, meaning in EXIT_CODES.items()))
@@ -238,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = add_studio_arguments(sub.add_parser("studio", help="serve the Gradio studio (same options as app.py)"))
     g.set_defaults(func=_cmd_studio)
+    from .server.command import add_serve_arguments
+
+    v = add_serve_arguments(sub.add_parser("serve", help="serve the OpenAI-compatible speech API (and the studio "
+                                                         "at /studio)"))
+    v.set_defaults(func=_cmd_serve)
     from .tools.bench import add_bench_command
 
     add_bench_command(sub)

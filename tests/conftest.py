@@ -3,6 +3,7 @@ clip, once per test session."""
 
 import functools
 import os
+import socket
 
 import pytest
 
@@ -69,3 +70,13 @@ def tiny_engine(tiny_model_dir):
     from cosyvoice_onnx import CosyVoice
 
     return CosyVoice(tiny_model_dir)
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port(): a port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    def find() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+    return find

@@ -4,7 +4,6 @@ OpenAI's error shape while the server keeps serving, and many requests at once."
 
 import asyncio
 import io
-import json
 import os
 import subprocess
 import sys

@@ -100,6 +100,8 @@ def release_config(version: int) -> ModelConfig:
 
 def detect_version(model_dir: Path) -> int:
     model_dir = Path(model_dir)
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ModelFolderError(f"{model_dir}: is a file; --model takes the model folder (the one holding the yaml)")
     if not model_dir.is_dir():
         raise ModelFolderError(f"{model_dir}: model folder not found")
     if (model_dir / "cosyvoice.yaml").exists() and not any((model_dir / y).exists() for y in VERSION_YAML.values()):

@@ -195,3 +195,10 @@ def test_no_traceback_from_the_real_command(tmp_path):
         "(see `cosyvoice-onnx synth --help`)"]
     res = run_cli("make-test-clip", tmp_path / "nowhere" / "c.wav")
     assert res.returncode == 2 and "Traceback" not in res.stderr and res.stderr.startswith("error: ")
+
+
+def test_a_file_given_as_the_model_folder_is_named_as_a_file(tmp_path, capsys):
+    not_a_folder = tmp_path / "cosyvoice3.yaml"
+    not_a_folder.write_text("llm: {}\n")
+    assert cli.main(["info", "--model", str(not_a_folder)]) == 1
+    assert "is a file; --model takes the model folder" in one_error_line(capsys)

@@ -19,6 +19,7 @@ AudioSource = Union[str, PathLike, bytes, bytearray, BinaryIO, tuple]
 MIN_SOURCE_RATE = 16000
 MIN_PROMPT_SECONDS = 1.0
 MAX_PROMPT_SECONDS = 30.0          # the speech tokenizer refuses longer input
+MAX_UPLOAD_BYTES = 50 << 20        # an uploaded clip; a 30 s prompt is at most ~12 MB even as 48 kHz stereo float WAV
 SILENCE_PEAK = 1e-2                # -40 dBFS: speech peaks far above this, even quiet recordings
 SILENCE_RMS = 1e-3                 # -60 dBFS: catches a click or two in otherwise silent audio
 

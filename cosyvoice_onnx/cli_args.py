@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError
-
-SEED_MAX = 2 ** 64 - 1   # torch and numpy generators both take seeds in 0 .. 2**64-1
+from .request import MAX_SEED
 
 
 def seed(text: str) -> int:
     value = _int(text)
-    if not 0 <= value <= SEED_MAX:
-        raise argparse.ArgumentTypeError(f"seed {text} is outside 0 .. 2**64-1 ({SEED_MAX})")
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"seed {text} is outside 0 .. 2**64-1 ({MAX_SEED})")
     return value
 
 

@@ -26,7 +26,7 @@ from .longtext import SynthesisInfo
 from .noise import VocoderNoise
 from .progress import ProgressEvent
 from .prompts import MODES
-from .request import RequestClock, _check_number, _check_seed, check_speed
+from .request import RequestClock, check_seed, check_speed, check_time_limit
 from .token2wav import Token2Wav
 
 MIN_SOURCE_SECONDS = 0.5
@@ -59,10 +59,9 @@ class ConversionRequest:
             raise InputError("voice conversion needs a target voice: a saved voice or a prompt clip of it")
         if self.voice is not None and self.prompt_wav is not None:
             raise InputError("give the target voice either as a saved voice or as a prompt clip, not both")
-        object.__setattr__(self, "seed", _check_seed(self.seed))
+        object.__setattr__(self, "seed", check_seed(self.seed))
         check_speed(self.speed, self.stream)
-        if self.max_seconds is not None and not _check_number("max_seconds", self.max_seconds) > 0:
-            raise InputError(f"max_seconds must be positive, got {self.max_seconds}")
+        check_time_limit(self.max_seconds)
 
 
 def load_source(source, rate: int = SPEECH_TOKENIZER_RATE) -> np.ndarray:

@@ -53,7 +53,8 @@ def _check_length(what: str, text: str | None, limit: int) -> None:
         raise InputError(f"the {what} is {len(text)} characters; the limit is {limit}. Shorten it.")
 
 
-def _check_seed(seed: Any) -> int:
+def check_seed(seed: Any) -> int:
+    """A seed every generator here takes: an integer in 0 .. MAX_SEED (not a bool, float or string)."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
         raise InputError(f"seed must be an integer in 0 .. 2**64-1, got {seed!r}")
     return int(seed)
@@ -61,7 +62,7 @@ def _check_seed(seed: Any) -> int:
 
 def check_speed(value: Any, stream: bool) -> float:
     """A speed ratio in SPEED_RANGE; only 1 when streaming (the official model changes speed only on whole clips)."""
-    speed = _check_number("speed", value)
+    speed = check_number("speed", value)
     if stream and speed != 1.0:
         raise InputError("speed change works only without streaming (as in the official model)")
     if not SPEED_RANGE[0] <= speed <= SPEED_RANGE[1]:
@@ -69,11 +70,18 @@ def check_speed(value: Any, stream: bool) -> float:
     return speed
 
 
-def _check_number(what: str, value: Any) -> float:
+def check_number(what: str, value: Any) -> float:
+    """`value` as a float when it is a finite real number (not a bool or string)."""
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not math.isfinite(float(value)):
         raise InputError(f"{what} must be a finite number, got {value!r}")
     return float(value)
+
+
+def check_time_limit(max_seconds: Any) -> None:
+    """A request's `max_seconds`: None (the engine's default) or a positive number of seconds."""
+    if max_seconds is not None and not check_number("max_seconds", max_seconds) > 0:
+        raise InputError(f"max_seconds must be positive, got {max_seconds}")
 
 
 @dataclass(frozen=True)
@@ -118,10 +126,10 @@ class SynthesisRequest:
             _check_length("voice's transcript", self.voice.transcript, MAX_TRANSCRIPT_CHARS)
         if self.emotion is not None:
             _check_length("emotion clip's transcript", self.emotion.transcript, MAX_TRANSCRIPT_CHARS)
-        object.__setattr__(self, "seed", _check_seed(self.seed))
+        object.__setattr__(self, "seed", check_seed(self.seed))
         speed = check_speed(self.speed, self.stream)
         if self.duration is not None:
-            _check_number("duration", self.duration)
+            check_number("duration", self.duration)
             if self.stream:
                 raise InputError("duration control works only without streaming")
             if speed != 1.0:
@@ -131,13 +139,12 @@ class SynthesisRequest:
                              f"choose one of {', '.join(DURATION_METHODS)}")
         if self.sampler not in SAMPLER_KINDS:
             raise InputError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLER_KINDS)}")
-        check_join(self.join, _check_number("join_ms", self.join_ms))
-        _check_number("mix", self.mix)  # its range is checked where the clips are mixed (mixing.py)
+        check_join(self.join, check_number("join_ms", self.join_ms))
+        check_number("mix", self.mix)  # its range is checked where the clips are mixed (mixing.py)
         unknown = sorted(set(self.decode_options) - set(DECODE_OPTIONS))
         if unknown:
             raise InputError(f"unknown decode option(s) {', '.join(unknown)}; known: {', '.join(DECODE_OPTIONS)}")
-        if self.max_seconds is not None and not _check_number("max_seconds", self.max_seconds) > 0:
-            raise InputError(f"max_seconds must be positive, got {self.max_seconds}")
+        check_time_limit(self.max_seconds)
         if self.voice is None and self.prompt_wav is None:
             raise InputError("a prompt clip (3–10 s of the voice to clone) or a saved voice is required")
         if self.voice is not None and self.prompt_wav is not None:

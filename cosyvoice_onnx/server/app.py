@@ -18,6 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..audio import MAX_UPLOAD_BYTES
 from ..errors import CosyVoiceError, InputError, RequestTimeout
 from ..request import DEFAULT_MAX_SECONDS, MAX_TRANSCRIPT_CHARS, SynthesisRequest
 from ..voices import VoiceStore, validate_name
@@ -28,7 +29,6 @@ from .schemas import OPENAI_MODEL_ALIASES, SpeechRequest, error_json
 
 log = logging.getLogger("cosyvoice_onnx.server")
 MAX_JSON_BYTES = 1 << 20            # a 5000-character text is at most 20 kB of JSON
-MAX_UPLOAD_BYTES = 50 << 20         # as the studio: a 30 s prompt is at most ~12 MB even as 48 kHz stereo float
 MULTIPART_SLACK = 64 << 10          # the form's other fields and boundaries
 
 

@@ -8,8 +8,7 @@ import sys
 from pathlib import Path
 
 from ..request import DEFAULT_MAX_SECONDS
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+from ..studio.options import LOCAL_HOSTS  # the studio's rule for what counts as this machine only
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import to_int16
+from ..audio import MAX_UPLOAD_BYTES, to_int16
 from ..errors import InputError
 
-MAX_UPLOAD_BYTES = 50 << 20       # a 30 s prompt is at most ~12 MB even as 48 kHz stereo float WAV
 RECOMMENDED_PROMPT_SECONDS = (3.0, 10.0)
 
 

@@ -4,7 +4,6 @@ repeats fast); they are skipped, with the reason, only when the registry cannot 
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -111,13 +110,7 @@ def torch_pin() -> list[str]:
     return [*args, f"torch=={torch.__version__}"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_studio_extra_serves_the_studio(wheel, tiny_model_dir, tmp_path):
+def test_studio_extra_serves_the_studio(wheel, tiny_model_dir, tmp_path, free_port):
     venv = fresh_venv(tmp_path / "studio-venv")
     pip_install(venv, f"{wheel}[studio,torch]", *torch_pin(), timeout=900)
 

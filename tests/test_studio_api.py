@@ -3,7 +3,6 @@
 import argparse
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -31,20 +30,14 @@ ENDPOINTS = {"/zero_shot", "/instruct", "/mix", "/duration", "/ab", "/model_stat
              "/save_voice", "/delete_voice", "/voices", "/history", "/history_clip", "/delete_clip", "/apply_pinyin"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def launch(model_dir, data_dir, **settings):
+def launch(model_dir, data_dir, port, **settings):
     from cosyvoice_onnx.studio import Studio, StudioSettings, build_app, launch_options
 
     # The models' parent is allowed explicitly: the studio opens only --model, its folders and --allow-dir.
     studio = Studio(StudioSettings(model_dir=model_dir, data_dir=data_dir, stream_player=None,
                                    models_dir=data_dir / "models", allow_dirs=[model_dir.parent], **settings))
     demo = build_app(studio)
-    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+    _, url, _ = demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                             **launch_options(studio))
     return demo, url, studio
 
@@ -75,9 +68,9 @@ def models(tiny_model_dir, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(models, tmp_path_factory):
+def server(models, tmp_path_factory, free_port):
     data_dir = tmp_path_factory.mktemp("studio-data")
-    demo, url, studio = launch(models["main"], data_dir)
+    demo, url, studio = launch(models["main"], data_dir, free_port())
     yield url, studio, data_dir
     demo.close()
 
@@ -231,10 +224,10 @@ def test_saved_voice_replaces_the_upload(client, prompt_wav, server):
     assert not (data_dir / "evil.npz").exists() and not (data_dir.parent / "evil.npz").exists()
 
 
-def test_voices_and_history_survive_a_restart(client, server, models, prompt_wav):
+def test_voices_and_history_survive_a_restart(client, server, models, prompt_wav, free_port):
     client.predict("keeper", handle_file(str(prompt_wav)), TRANSCRIPT, api_name="/save_voice")
     zero_shot(client, prompt_wav, text="Remember me.")
-    demo, url, _ = launch(models["main"], server[2])
+    demo, url, _ = launch(models["main"], server[2], free_port())
     try:
         again = Client(url, verbose=False)
         assert "keeper" in again.predict(api_name="/voices")

@@ -1,7 +1,6 @@
 """The studio in headless Chromium: upload a clip, type, generate on Zero-shot, export, compare on A/B."""
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
@@ -20,14 +19,8 @@ pytestmark = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def studio_url(tiny_model_dir, tmp_path_factory):
+def studio_url(tiny_model_dir, tmp_path_factory, free_port):
     import torch
 
     from cosyvoice_onnx.studio import Studio, StudioSettings, build_app, launch_options

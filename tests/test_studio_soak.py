@@ -5,7 +5,6 @@ checks that the server's memory (RSS, printed as it goes) levels off.
 """
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,12 +20,6 @@ REQUESTS = int(os.environ.get("STUDIO_SOAK_REQUESTS", "40"))
 CACHE_SECONDS = 3
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def folder_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
@@ -39,7 +32,7 @@ def rss_mb(pid: int) -> float:
 
 
 @pytest.fixture
-def studio(tiny_model_dir, tmp_path):
+def studio(tiny_model_dir, tmp_path, free_port):
     cache = tmp_path / "gradio-cache"
     port = free_port()
     env = {**os.environ, "GRADIO_TEMP_DIR": str(cache), "OMP_NUM_THREADS": "1"}

@@ -191,7 +191,7 @@ def release_tokens(release):
 
 
 @pytest.mark.filterwarnings("ignore:.*no_silent_downcasting", "ignore:The copy keyword is deprecated")
-def test_studio_glossary_endpoints(tiny_model_dir, tiny_engine, prompt_wav, tmp_path):
+def test_studio_glossary_endpoints(tiny_model_dir, tiny_engine, prompt_wav, tmp_path, free_port):
     pytest.importorskip("gradio_client")
     from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
@@ -199,7 +199,7 @@ def test_studio_glossary_endpoints(tiny_model_dir, tiny_engine, prompt_wav, tmp_
 
     from cosyvoice_onnx.audio import to_int16
 
-    demo, url, studio = launch(tiny_model_dir, tmp_path / "data")
+    demo, url, studio = launch(tiny_model_dir, tmp_path / "data", free_port())
     try:
         client = Client(url, verbose=False)
         named = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])

@@ -30,11 +30,11 @@ class ProgressBar:
             self.skipped += 1
         worked = done - self.skipped
         fraction = done / total if total else 1.0
-        eta = elapsed / worked * (total - done) if worked else 0.0
+        eta = _clock(elapsed / worked * (total - done)) if worked or done == total else "?"
         filled = round(self.width * fraction)
         state = "failed" if result.error else "resumed" if result.resumed else result.status
         line = (f"[{'#' * filled}{'-' * (self.width - filled)}] {done}/{total} {fraction:4.0%} "
-                f"{_clock(elapsed)} elapsed, ETA {_clock(eta)} · {result.name} {state}")
+                f"{_clock(elapsed)} elapsed, ETA {eta} · {result.name} {state}")
         if self.tty:
             self.stream.write("\r\033[K" + line + ("\n" if done == total else ""))
         else:

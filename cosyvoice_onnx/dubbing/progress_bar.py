@@ -30,7 +30,7 @@ class ProgressBar:
             self.skipped += 1
         worked = done - self.skipped
         fraction = done / total if total else 1.0
-        eta = _clock(elapsed / worked * (total - done)) if worked or done == total else "?"
+        eta = _clock(0) if done == total else _clock(elapsed / worked * (total - done)) if worked else "?"
         filled = round(self.width * fraction)
         state = "failed" if result.error else "resumed" if result.resumed else result.status
         line = (f"[{'#' * filled}{'-' * (self.width - filled)}] {done}/{total} {fraction:4.0%} "

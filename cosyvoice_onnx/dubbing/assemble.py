@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ..errors import InputError
+
 CHAPTER_PAUSE_SECONDS = 1.5
 MAX_TRACK_SECONDS = 6 * 3600      # a job's track is held in memory: 6 h at 24 kHz float32 is ~2 GB
 
@@ -17,7 +19,7 @@ def timed_track(cues: Sequence[tuple[float, np.ndarray]], sample_rate: int, leng
     ends = [round(start * sample_rate) + len(audio) for start, audio in cues]
     samples = max([round(length_seconds * sample_rate), *ends])
     if samples > MAX_TRACK_SECONDS * sample_rate:
-        raise ValueError(f"the track would be {samples / sample_rate / 3600:.1f} h; at most "
+        raise InputError(f"the track would be {samples / sample_rate / 3600:.1f} h; at most "
                          f"{MAX_TRACK_SECONDS / 3600:g} h is assembled")
     track = np.zeros(samples, dtype=np.float32)
     for start, audio in cues:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 
 from ..errors import InputError
+from .assemble import MAX_TRACK_SECONDS
 from .items import BatchItem, ParsedInput, Problem
 
 _TIME = r"(?:(\d+):)?(\d{1,2}):(\d{2})[,.](\d{1,3})"
@@ -73,6 +74,10 @@ def _read(text: str, parsed: ParsedInput, vtt: bool) -> ParsedInput:
         if end < start:
             parsed.problems.append(Problem(line, f"cue {count} ends ({format_time(end)}) before it starts "
                                                  f"({format_time(start)})", name=name))
+            continue
+        if end > MAX_TRACK_SECONDS:
+            parsed.problems.append(Problem(line, f"cue {count} ends at {format_time(end)}, past the "
+                                                 f"{MAX_TRACK_SECONDS / 3600:g} h a track may last", name=name))
             continue
         if end == start:
             parsed.problems.append(Problem(line, f"cue {count} is 0 s long ({format_time(start)})", name=name))

@@ -104,8 +104,11 @@ def synthesize_item(engine, item: JobItem, voices: VoiceCache | None = None) -> 
     try:
         voice = (voices or VoiceCache(engine)).get(item.voice)
         audio = _speak(engine, item, voice, result)
-    except (CosyVoiceError, MemoryError, ValueError, RuntimeError, OSError) as exc:
+    except CosyVoiceError as exc:
         result.error = _one_line(exc)
+        return ItemOutcome(result)
+    except Exception as exc:  # noqa: BLE001 - a bug or a library's error fails this item, not the job
+        result.error = f"internal error ({type(exc).__name__}: {_one_line(exc)})"
         return ItemOutcome(result)
     elapsed = time.perf_counter() - start
     if audio.size == 0:

@@ -32,7 +32,8 @@ def parse_voice_map(entries: list[str]) -> dict[str, str]:
 
 
 def make_executor(args, job):
-    """The executor of this run: sequential on one engine loaded here."""
+    """The executor of this run: sequential on one engine loaded here. (A cluster executor, `batch --ray`, is
+    chosen here too: anything with `run(items) -> Iterator[ItemOutcome]`, see dubbing/runner.py.)"""
     from .dubbing import LocalExecutor
 
     return LocalExecutor(job.engine.load())

@@ -224,13 +224,18 @@ def test_batch_command_end_to_end(tiny_model_dir, voices_of, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["film.srt", "out"]     # nothing beside --out
 
 
-def test_batch_command_all_good_is_status_0(tiny_model_dir, voices_of, tmp_path, capsys):
-    job = tmp_path / "job.jsonl"
-    job.write_bytes(jsonl({"text": "Fine.", "duration": 1.0, "name": "sub/fine"}))
+def test_batch_command_all_good_is_status_0(tiny_model_dir, voices_of, prompt_wav, tmp_path, capsys):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "me.wav").write_bytes(prompt_wav.read_bytes())
+    job = tmp_path / "job.jsonl"       # a line's clip path is relative to the JSONL file, not the working folder
+    job.write_bytes(jsonl({"text": "Fine.", "duration": 1.0, "name": "sub/fine"},
+                          {"text": "Mine.", "duration": 1.0, "prompt_wav": "clips/me.wav", "prompt_text": TRANSCRIPT}))
     code, _, err = run_cli(capsys, job, "--out", tmp_path / "o", "--model", tiny_model_dir, "--voice", "anna",
                            "--voices-dir", voices_of(3), "--no-glossary")
     assert code == 0, err
     assert (tmp_path / "o" / "items" / "sub" / "fine.wav").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "o" / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["item"], r["voice"], r["error"]) for r in rows] == [("sub/fine", "anna", ""), ("line-0002", "me.wav", "")]
 
 
 @pytest.mark.parametrize("case, match", [

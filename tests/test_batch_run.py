@@ -175,6 +175,13 @@ def test_manifest_rows_and_item_failures(engines, voices_of, tiny_model_of, tmp_
     assert len(report.failed) == 4 and sorted(p.name for p in (tmp_path / "items").iterdir()) == ["line-0001.wav"]
 
 
+def test_output_names_used_twice_fail_the_later_line(voices_of, tiny_model_of):
+    job = plan_job(parse_input(jsonl({"text": "a", "name": "Intro"}, {"text": "b", "name": "intro"}), "j.jsonl"),
+                   settings(3, tiny_model_of, voices_of))
+    assert [i.name for i in job.items] == ["Intro"]
+    assert [(p.line, p.reason) for p in job.problems] == [(2, "output name 'intro' is used by line 1 already")]
+
+
 def test_nothing_is_written_through_a_planted_link(engines, voices_of, tiny_model_of, tmp_path):
     outside, out = tmp_path / "outside", tmp_path / "out"
     outside.mkdir()

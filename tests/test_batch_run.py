@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cosyvoice_onnx.audio import to_int16
 from cosyvoice_onnx.cli import main
 from cosyvoice_onnx.dubbing import (EngineSpec, JobSettings, LocalExecutor, parse_input, plan_job, run_job,
                                     synthesize_item)
@@ -242,7 +241,8 @@ def test_batch_command_all_good_is_status_0(tiny_model_dir, voices_of, prompt_wa
     assert code == 0, err
     assert (tmp_path / "o" / "items" / "sub" / "fine.wav").is_file()
     rows = [json.loads(line) for line in (tmp_path / "o" / "manifest.jsonl").read_text().splitlines()]
-    assert [(r["item"], r["voice"], r["error"]) for r in rows] == [("sub/fine", "anna", ""), ("line-0002", "me.wav", "")]
+    assert [(r["item"], r["voice"], r["error"]) for r in rows] == [("sub/fine", "anna", ""),
+                                                                   ("line-0002", "me.wav", "")]
 
 
 @pytest.mark.parametrize("case, match", [

@@ -8,6 +8,7 @@ of text in all; JSONL lines may name saved voices but no file paths; the newest 
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import zipfile
 from pathlib import Path
@@ -75,9 +76,10 @@ class BatchJobs:
         if chars > MAX_TEXT_CHARS:
             raise InputError(f"the file holds {chars:,} characters of text; at most {MAX_TEXT_CHARS:,} per batch "
                              "upload (split it)")
-        clip = None
+        clip, clip_bytes = None, b""
         if not saved_voice:
-            if read_upload(prompt_audio, "prompt clip") is None:
+            clip_bytes = read_upload(prompt_audio, "prompt clip")
+            if clip_bytes is None:
                 raise InputError("no voice: pick a saved voice or upload a clip in the voice panel")
             clip = prompt_audio
         settings = JobSettings(EngineSpec(str(model), str(spec)), voices_dir=str(self.studio.settings.voices_dir),
@@ -85,7 +87,11 @@ class BatchJobs:
                                voice_map=parse_voice_map([voice_map or ""]), seed=seed, join=join,
                                join_ms=float(join_ms), glossary=self.studio.glossary())
         job = plan_job(parsed, settings)
-        job_id = hashlib.sha256(data + f"|{model}|{spec}".encode()).hexdigest()[:JOB_ID_CHARS]
+        # One folder per file and settings: the same upload with the same choices resumes, other choices (a
+        # second user's voice) get their own folder.
+        choices = json.dumps([str(model), str(spec), saved_voice, transcript, voice_map, seed, join, float(join_ms),
+                              hashlib.sha256(clip_bytes).hexdigest()])
+        job_id = hashlib.sha256(data + choices.encode()).hexdigest()[:JOB_ID_CHARS]
         out = self.root / job_id
         out.mkdir(parents=True, exist_ok=True)
         out.touch()

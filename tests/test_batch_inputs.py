@@ -198,3 +198,29 @@ def test_voice_map_parsing():
     for bad in (["ALICE"], ["=anna"], ["A=../x"], ["A=x,a=y"]):
         with pytest.raises(InputError):
             parse_voice_map(bad)
+
+
+def test_job_items_travel_whole_and_keys_follow_content(tmp_path):
+    """JobItems pickle (a cluster executor ships them) and their keys change with what shapes the audio only."""
+    import pickle
+
+    from cosyvoice_onnx.dubbing import EngineSpec, JobSettings, plan_job
+    from cosyvoice_onnx.glossary import Glossary, GlossaryEntry
+
+    clip = tmp_path / "me.wav"
+    clip.write_bytes(b"RIFF-not-decoded-here")
+    glossary = Glossary((GlossaryEntry("SQL", "sequel", "respell"),))
+    base = dict(voices_dir=str(tmp_path / "voices"), prompt_wav=str(clip), prompt_text="hi", glossary=glossary)
+
+    def keys(rows, **overrides):
+        data = "".join(json.dumps(r) + "\n" for r in rows).encode()
+        job = plan_job(parse_input(data, "j.jsonl"), JobSettings(EngineSpec(tmp_path), **{**base, **overrides}))
+        assert pickle.loads(pickle.dumps(job.items)) == job.items
+        return [item.key for item in job.items]
+
+    one, renamed, reseeded = keys([{"text": "a"}, {"text": "a", "name": "other"}, {"text": "a", "seed": 1}])
+    assert one == renamed != reseeded
+    assert keys([{"text": "a"}], seed=0) == [one] != keys([{"text": "a"}], join="silence")
+    assert keys([{"text": "a"}], glossary=None) != [one]
+    clip.write_bytes(b"RIFF-another-clip")
+    assert keys([{"text": "a"}]) != [one]

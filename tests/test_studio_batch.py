@@ -97,3 +97,21 @@ def test_jsonl_clip_paths_are_refused_per_line(server, tmp_path):
     report = run(client, path)[0]
     assert "line 1 (line-0001): failed: prompt_wav paths are not accepted here" in report
     assert "2 item(s): 1 done" in report
+
+
+def test_only_the_newest_job_folders_are_kept(tmp_path):
+    import os
+
+    from cosyvoice_onnx.studio.batch_job import MAX_JOBS, BatchJobs
+
+    jobs = BatchJobs.__new__(BatchJobs)          # the folder logic alone, no studio needed
+    jobs.root = tmp_path
+    for age in range(MAX_JOBS + 3):
+        folder = tmp_path / f"job{age:02d}"
+        folder.mkdir()
+        (tmp_path / f"job{age:02d}.zip").write_bytes(b"zip")
+        os.utime(folder, (1000 + age, 1000 + age))
+    jobs._prune(keep="job00")                    # the running job stays, however old
+    kept = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert kept == ["job00"] + [f"job{age:02d}" for age in range(4, MAX_JOBS + 3)]
+    assert sorted(p.name for p in tmp_path.glob("*.zip")) == [f"{name}.zip" for name in kept]

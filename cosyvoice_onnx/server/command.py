@@ -30,6 +30,14 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--voices-dir", type=Path, default=None,
                    help="saved voices (default DATA_DIR/voices, the studio's own)")
     p.add_argument("--no-studio", action="store_true", help="serve the API only, without the studio at /studio")
+    r = p.add_argument_group("Ray Serve replicas (pip install 'cosyvoice-onnx[ray]')")
+    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
+                   help="synthesize on engine replicas on Ray Serve: a private Ray on this machine, or the cluster "
+                        "at ADDRESS (auto, HOST:PORT); --model must be a path every node sees; no studio")
+    r.add_argument("--replicas", type=int, default=None, metavar="N", help="engine replicas (default 1); "
+                   "--concurrency is then per replica")
+    r.add_argument("--replica-cpus", type=float, default=1.0, metavar="C", help="CPUs each replica reserves (default 1)")
+    r.add_argument("--replica-gpus", type=float, default=0.0, metavar="G", help="GPUs each replica reserves (default 0)")
     return p
 
 
@@ -44,6 +52,13 @@ def check_serve_options(args: argparse.Namespace) -> None:
         raise SystemExit("error: --max-seconds must be a positive number")
     if not 0 <= args.port <= 65535:
         raise SystemExit("error: --port must be in 0 .. 65535")
+    if args.ray is None:
+        if args.replicas is not None:
+            raise SystemExit("error: --replicas needs --ray (replicas run on Ray Serve)")
+        return
+    args.replicas = 1 if args.replicas is None else args.replicas
+    if args.replicas < 1 or not args.replica_cpus >= 0 or not args.replica_gpus >= 0:
+        raise SystemExit("error: --replicas must be at least 1, --replica-cpus and --replica-gpus at least 0")
 
 
 def build_server(args: argparse.Namespace):
@@ -94,6 +109,8 @@ def mount_studio(app, engine, args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     check_serve_options(args)
+    if args.ray is not None:
+        return _serve_on_ray(args)
     import uvicorn
 
     app = build_server(args)
@@ -102,4 +119,19 @@ def serve(args: argparse.Namespace) -> int:
     print(f"CosyVoice speech API on {where}/v1/audio/speech{studio} ({args.concurrency} at once, "
           f"{args.max_queue} may wait)", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace) -> int:
+    """The same API in this process; synthesis on Ray Serve replicas, deleted again when the server stops."""
+    from ..scale.serve_ray import ray_server
+
+    with ray_server(args) as app:
+        import uvicorn
+
+        where = f"http://{args.host}:{args.port}"
+        print(f"CosyVoice speech API on {where}/v1/audio/speech: {args.replicas} replica(s) on Ray "
+              f"({args.ray}), {args.concurrency} at once each, {args.max_queue} may wait; no studio in this mode",
+              file=sys.stderr, flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

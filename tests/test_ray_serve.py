@@ -4,8 +4,6 @@ errors keep their status across Ray, and a replica killed under load costs no re
 answered with its audio (retried on the other replica) or a 5xx JSON error."""
 
 import io
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -40,37 +38,14 @@ def ray_cluster():
 
 
 @pytest.fixture(scope="module")
-def server(ray_cluster, tiny_model_dir, tmp_path_factory, free_port):
-    """`serve --ray ADDRESS --replicas 2` as its own process: base URL and data folder; stopped by its handle."""
+def server(ray_cluster, tiny_model_dir, tmp_path_factory, serve_process):
+    """`serve --ray ADDRESS --replicas 2` as its own process: base URL and data folder. On SIGTERM the server
+    deletes its Serve application; the cluster goes with `ray_cluster`."""
     _, address = ray_cluster
     data = tmp_path_factory.mktemp("ray-serve-data")
-    port = free_port()
-    log = open(data / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cosyvoice_onnx", "serve", "--model", str(tiny_model_dir),
-                             "--ray", address, "--replicas", "2", "--concurrency", "1", "--port", str(port),
-                             "--data-dir", str(data), "--api-key", KEY, "--max-queue", "32"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, (data / "server.log").read_text(errors="replace")[-3000:]
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server and its replicas did not start within 240 s"
-            time.sleep(0.5)
+    with serve_process(["--model", str(tiny_model_dir), "--ray", address, "--replicas", "2", "--concurrency", "1",
+                        "--data-dir", str(data), "--api-key", KEY, "--max-queue", "32"], data, start_s=240) as url:
         yield url, data
-    finally:
-        proc.terminate()             # the server deletes its Serve application on the way out
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,8 @@ class ReplicaEngine:
         self.retries = retries
         self._retryable = retryable_errors()
         from ray.exceptions import RayError
-        self._ray_error = RayError
+        from ray.serve.exceptions import RayServeException
+        self._ray_error = (RayError, RayServeException, *self._retryable)   # Serve's errors are not RayErrors
         self._lock = threading.Lock()
         self.served: Counter[str] = Counter()   # replica -> requests it answered
         self.retried = 0                        # tries sent again after their replica went away
@@ -83,11 +84,9 @@ class ReplicaEngine:
             except TimeoutError:
                 response.cancel()
                 raise RequestTimeout("no replica finished the request within its time limit") from None
-            except self._retryable as exc:
+            except self._ray_error as exc:
                 self._failed(number, exc)
                 continue
-            except self._ray_error as exc:
-                raise ReplicaError(f"a replica failed ({type(exc).__name__}: {one_line(exc)})") from None
             self._count(reply.worker)
             return reply.unwrap()
         raise AssertionError("unreachable: the last try raises")
@@ -113,11 +112,9 @@ class ReplicaEngine:
                         yield chunk
             except asyncio.TimeoutError:
                 raise RequestTimeout("no replica finished the stream within its time limit") from None
-            except self._retryable as exc:
+            except self._ray_error as exc:
                 self._failed(number, exc)
                 continue
-            except self._ray_error as exc:
-                raise ReplicaError(f"a replica failed ({type(exc).__name__}: {one_line(exc)})") from None
             finally:
                 if not finished:
                     chunks.cancel()
@@ -137,7 +134,10 @@ class ReplicaEngine:
             self.served[worker] += 1
 
     def _failed(self, number: int, exc: BaseException) -> None:
-        """A try lost its replica: counted, and on the last try the request fails as ReplicaUnavailable."""
+        """A try lost its replica: counted, and on the last try the request fails as ReplicaUnavailable. Any other
+        Ray failure is not the replica's absence: ReplicaError at once."""
+        if not isinstance(exc, self._retryable):
+            raise ReplicaError(f"a replica failed ({type(exc).__name__}: {one_line(exc)})") from None
         with self._lock:
             if number < self.retries:
                 self.retried += 1

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 

@@ -36,8 +36,10 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         "at ADDRESS (auto, HOST:PORT); --model must be a path every node sees; no studio")
     r.add_argument("--replicas", type=int, default=None, metavar="N", help="engine replicas (default 1); "
                    "--concurrency is then per replica")
-    r.add_argument("--replica-cpus", type=float, default=1.0, metavar="C", help="CPUs each replica reserves (default 1)")
-    r.add_argument("--replica-gpus", type=float, default=0.0, metavar="G", help="GPUs each replica reserves (default 0)")
+    r.add_argument("--replica-cpus", type=float, default=1.0, metavar="C",
+                   help="CPUs each replica reserves (default 1)")
+    r.add_argument("--replica-gpus", type=float, default=0.0, metavar="G",
+                   help="GPUs each replica reserves (default 0)")
     return p
 
 

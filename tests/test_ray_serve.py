@@ -66,22 +66,24 @@ def voice(api, prompt_wav):
 @pytest.fixture(scope="module")
 def reference(tiny_engine, server, voice):
     """reference(seed, stream): the local engine's 16-bit audio for the request the server gets (cached)."""
-    from cosyvoice_onnx.audio import to_int16
-    from cosyvoice_onnx.request import SynthesisRequest
-
     saved = tiny_engine.voice_store(server[1] / "voices").load(VOICE)
     made = {}
 
     def of(seed: int, stream: bool = False) -> np.ndarray:
         if (seed, stream) not in made:
-            request = SynthesisRequest(text=TEXT, voice=saved, seed=seed, stream=stream,
-                                       decode_options={"max_len": MAX_LEN})
-            audio = np.concatenate(list(tiny_engine.stream(request))) if stream else \
-                tiny_engine.synthesize(request).audio
-            made[seed, stream] = to_int16(audio)
+            made[seed, stream] = _engine_pcm(tiny_engine, saved, seed, stream)
         return made[seed, stream]
 
     return of
+
+
+def _engine_pcm(engine, voice, seed: int, stream: bool) -> np.ndarray:
+    from cosyvoice_onnx.audio import to_int16
+    from cosyvoice_onnx.request import SynthesisRequest
+
+    request = SynthesisRequest(text=TEXT, voice=voice, seed=seed, stream=stream, decode_options={"max_len": MAX_LEN})
+    audio = np.concatenate(list(engine.stream(request))) if stream else engine.synthesize(request).audio
+    return to_int16(audio)
 
 
 def _speech(api, seed: int, stream: bool = False, **fields):
@@ -301,13 +303,8 @@ def _body(seed: int, stream: bool = False, **fields) -> dict:
 
 
 def _local(tiny_engine, client, seed: int, stream: bool) -> np.ndarray:
-    from cosyvoice_onnx.audio import to_int16
-    from cosyvoice_onnx.request import SynthesisRequest
-
     voice = client.app.state.engine.voice_store(client.app.state.settings.voices_dir).load(VOICE)
-    request = SynthesisRequest(text=TEXT, voice=voice, seed=seed, stream=stream, decode_options={"max_len": MAX_LEN})
-    audio = np.concatenate(list(tiny_engine.stream(request))) if stream else tiny_engine.synthesize(request).audio
-    return to_int16(audio)
+    return _engine_pcm(tiny_engine, voice, seed, stream)
 
 
 def test_a_lost_replica_is_retried_and_the_answer_is_unchanged(scripted, tiny_engine):

@@ -186,6 +186,16 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch, tiny_model_dir, c
     assert "pip install 'cosyvoice-onnx[ray]'" in err and len(err.splitlines()) == 1
 
 
+def test_an_address_nothing_answers_on_is_one_line_at_once(tiny_model_dir, free_port, capsys):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'cosyvoice-onnx[ray]')")
+    from cosyvoice_onnx.cli import main
+
+    address = f"127.0.0.1:{free_port()}"
+    assert main(["serve", "--model", str(tiny_model_dir), "--ray", address]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"nothing answers at the Ray address {address}" in err and len(err.splitlines()) == 1
+
+
 def test_replicas_without_ray_is_a_usage_error(tiny_model_dir):
     from cosyvoice_onnx.cli import main
 

@@ -7,6 +7,7 @@ message, so an InputError on a replica is still an HTTP 400 (or a manifest error
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -44,12 +45,26 @@ def connect(address: str | None, **local_options):
         if address in (None, "local"):
             ray.init(address="local", include_dashboard=False, **local_options)
         else:
+            _check_reachable(address)
             try:
                 ray.init(address=address)
             except (ConnectionError, ValueError) as exc:
                 raise CosyVoiceError(f"cannot join the Ray cluster at {address!r}: {one_line(exc)} (start one "
                                      "with `ray start --head`, then pass `auto` or its HOST:PORT)") from None
     return ray
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """A HOST:PORT that nothing answers on is refused here: Ray's own connect retries for minutes."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return                                      # `auto` and ray:// addresses are Ray's to resolve
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise CosyVoiceError(f"nothing answers at the Ray address {address} ({exc.strerror or exc}); start the "
+                             "cluster with `ray start --head` and pass its HOST:PORT, or `auto` on a node of it") \
+            from None
 
 
 def retryable_errors() -> tuple[type[BaseException], ...]:

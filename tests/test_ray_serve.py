@@ -4,6 +4,7 @@ errors keep their status across Ray, and a replica killed under load costs no re
 answered with its audio (retried on the other replica) or a 5xx JSON error."""
 
 import io
+import socket
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -194,6 +195,18 @@ def test_an_address_nothing_answers_on_is_one_line_at_once(tiny_model_dir, free_
     assert main(["serve", "--model", str(tiny_model_dir), "--ray", address]) == 1
     err = capsys.readouterr().err.strip()
     assert f"nothing answers at the Ray address {address}" in err and len(err.splitlines()) == 1
+
+
+def test_a_process_already_on_another_cluster_is_refused(ray_cluster, tiny_model_dir, capsys):
+    """In a process that is in a Ray cluster already, another address is an error, never silently ignored."""
+    from cosyvoice_onnx.cli import main
+
+    with socket.create_server(("127.0.0.1", 0)) as other:        # something answers there, but not this cluster
+        address = f"127.0.0.1:{other.getsockname()[1]}"
+        assert main(["serve", "--model", str(tiny_model_dir), "--ray", address]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"already connected to the Ray cluster at {ray_cluster[1]}, not {address}" in err
+    assert len(err.splitlines()) == 1
 
 
 def test_replicas_without_ray_is_a_usage_error(tiny_model_dir):

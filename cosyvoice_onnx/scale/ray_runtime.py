@@ -8,6 +8,7 @@ message, so an InputError on a replica is still an HTTP 400 (or a manifest error
 from __future__ import annotations
 
 import socket
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -41,17 +42,37 @@ def connect(address: str | None, **local_options):
     """Joins the cluster at `address` (`auto`, `HOST:PORT`, `ray://...`), or starts a private one on this machine
     when it is None or `local` (never silently joining someone else's). Returns the ray module."""
     ray = require_ray()
-    if not ray.is_initialized():
-        if address in (None, "local"):
-            ray.init(address="local", include_dashboard=False, **local_options)
-        else:
-            _check_reachable(address)
-            try:
-                ray.init(address=address)
-            except (ConnectionError, ValueError) as exc:
-                raise CosyVoiceError(f"cannot join the Ray cluster at {address!r}: {one_line(exc)} (start one "
-                                     "with `ray start --head`, then pass `auto` or its HOST:PORT)") from None
+    if address not in (None, "local"):
+        _check_reachable(address)
+    if ray.is_initialized():
+        # Already in a cluster (a caller that manages Ray itself): only that same cluster may be meant.
+        current = ray.get_runtime_context().gcs_address
+        if address not in (None, "local", "auto", current):
+            raise CosyVoiceError(f"this process is already connected to the Ray cluster at {current}, not "
+                                 f"{address}")
+    elif address in (None, "local"):
+        ray.init(address="local", include_dashboard=False, **local_options)
+    else:
+        try:
+            ray.init(address=address)
+        except (ConnectionError, ValueError) as exc:
+            raise CosyVoiceError(f"cannot join the Ray cluster at {address!r}: {one_line(exc)} (start one "
+                                 "with `ray start --head`, then pass `auto` or its HOST:PORT)") from None
     return ray
+
+
+@contextmanager
+def connected(address: str | None, **local_options):
+    """`connect` for a block: leaves Ray afterwards (stopping a private cluster) unless this process was already
+    connected before, in which case whoever connected it leaves."""
+    ray = require_ray()
+    joined_here = not ray.is_initialized()
+    connect(address, **local_options)
+    try:
+        yield ray
+    finally:
+        if joined_here:
+            ray.shutdown()
 
 
 def _check_reachable(address: str, timeout_s: float = 10.0) -> None:

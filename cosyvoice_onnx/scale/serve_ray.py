@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .ray_runtime import ReplicaError, ReplicaUnavailable, connect, one_line, require_ray
+from .ray_runtime import ReplicaError, ReplicaUnavailable, connected, one_line, require_ray
 
 APP_NAME = "cosyvoice-onnx"
 DEPLOYMENT = "EngineReplica"
@@ -25,19 +25,19 @@ DESCRIBE_TIMEOUT_S = 60.0
 @contextmanager
 def ray_server(args: argparse.Namespace):
     """The API app over Serve replicas; on leaving, the replicas are deleted and this process leaves Ray."""
-    ray, serve = require_ray(serve=True)
+    _, serve = require_ray(serve=True)
     model_dir = _check_model(args)
-    connect(args.ray)
-    try:
-        handle = deploy(serve, model_dir, args)
-        yield build_app(handle, serve, model_dir, args)
-    finally:
+    with connected(args.ray):
         try:
-            if serve.status().applications.get(APP_NAME) is not None:
-                serve.delete(APP_NAME)
-        except Exception as exc:     # leaving anyway: say what may be left on the cluster
-            print(f"warning: could not delete the Serve application {APP_NAME!r}: {one_line(exc)}", file=sys.stderr)
-        ray.shutdown()
+            handle = deploy(serve, model_dir, args)
+            yield build_app(handle, serve, model_dir, args)
+        finally:
+            try:
+                if serve.status().applications.get(APP_NAME) is not None:
+                    serve.delete(APP_NAME)
+            except Exception as exc:     # leaving anyway: say what may be left on the cluster
+                print(f"warning: could not delete the Serve application {APP_NAME!r}: {one_line(exc)}",
+                      file=sys.stderr)
 
 
 def _check_model(args: argparse.Namespace) -> str:

@@ -120,3 +120,17 @@ def serve_process(free_port):
                     proc.kill()
                     proc.wait()
     return run
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private two-CPU Ray on this machine for one test module: (ray, its GCS address); shut down afterwards."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'cosyvoice-onnx[ray]')")
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 << 20,
+             log_to_driver=False)
+    try:
+        yield ray, ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..request import DEFAULT_MAX_SECONDS
+from ..scale.options import add_ray_options, check_ray_options
 from ..studio.options import LOCAL_HOSTS  # the studio's rule for what counts as this machine only
 
 
@@ -30,16 +31,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--voices-dir", type=Path, default=None,
                    help="saved voices (default DATA_DIR/voices, the studio's own)")
     p.add_argument("--no-studio", action="store_true", help="serve the API only, without the studio at /studio")
-    r = p.add_argument_group("Ray Serve replicas (pip install 'cosyvoice-onnx[ray]')")
-    r.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
-                   help="synthesize on engine replicas on Ray Serve: a private Ray on this machine, or the cluster "
-                        "at ADDRESS (auto, HOST:PORT); --model must be a path every node sees; no studio")
-    r.add_argument("--replicas", type=int, default=None, metavar="N", help="engine replicas (default 1); "
-                   "--concurrency is then per replica")
-    r.add_argument("--replica-cpus", type=float, default=1.0, metavar="C",
-                   help="CPUs each replica reserves (default 1)")
-    r.add_argument("--replica-gpus", type=float, default=0.0, metavar="G",
-                   help="GPUs each replica reserves (default 0)")
+    add_ray_options(p, "replica", "replicas", "synthesize on engine replicas on Ray Serve (no studio then)",
+                    "engine replicas (default 1); --concurrency is then per replica")
     return p
 
 
@@ -54,13 +47,9 @@ def check_serve_options(args: argparse.Namespace) -> None:
         raise SystemExit("error: --max-seconds must be a positive number")
     if not 0 <= args.port <= 65535:
         raise SystemExit("error: --port must be in 0 .. 65535")
-    if args.ray is None:
-        if args.replicas is not None:
-            raise SystemExit("error: --replicas needs --ray (replicas run on Ray Serve)")
-        return
-    args.replicas = 1 if args.replicas is None else args.replicas
-    if args.replicas < 1 or not args.replica_cpus >= 0 or not args.replica_gpus >= 0:
-        raise SystemExit("error: --replicas must be at least 1, --replica-cpus and --replica-gpus at least 0")
+    check_ray_options(args, "replica", "replicas")
+    if args.ray is not None and args.replicas is None:
+        args.replicas = 1
 
 
 def build_server(args: argparse.Namespace):

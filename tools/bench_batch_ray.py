@@ -10,40 +10,22 @@ loading their engines (that is part of what a Ray run costs).
 
 from __future__ import annotations
 
-import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from bench_batch import write_input       # the same generated job as tools/bench_batch.py
+from bench_batch import generated_job, job_parser      # the same generated job as tools/bench_batch.py
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: a tiny CV3 model in --work)")
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--kind", choices=["jsonl", "srt"], default="jsonl")
-    p.add_argument("--items", type=int, default=100)
+    p = job_parser(__doc__)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--work", type=Path, default=None, help="folder for the tiny model, the input and the outputs")
     args = p.parse_args()
 
     import ray
 
-    from cosyvoice_onnx.audio import write_wav
-    from cosyvoice_onnx.dubbing import EngineSpec, JobSettings, LocalExecutor, parse_input, plan_job, run_job
+    from cosyvoice_onnx.dubbing import LocalExecutor, run_job
     from cosyvoice_onnx.scale.batch_ray import RayExecutor, RaySettings
-    from cosyvoice_onnx.tools.tiny import make_tiny_model, synthetic_voice
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-batch-ray-"))
-    work.mkdir(parents=True, exist_ok=True)
-    model = args.model or (work / "tiny" if (work / "tiny").is_dir() else make_tiny_model(work / "tiny", version=3))
-    clip = work / "prompt.wav"
-    write_wav(clip, synthetic_voice(4.0, 24000, seed=1), 24000)
-    source = write_input(work, args.kind, args.items)
-    job = plan_job(parse_input(source.read_bytes(), source.name),
-                   JobSettings(EngineSpec(model, args.backend), voices_dir=str(work / "voices"),
-                               prompt_wav=str(clip), prompt_text="This is the prompt clip."))
+    work, job = generated_job(args, "bench-batch-ray-")
     outs = {"local": work / "out-local", "ray": work / "out-ray"}
 
     start = time.perf_counter()

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from cosyvoice_onnx.audio import to_int16
 from cosyvoice_onnx.cli import main
 from cosyvoice_onnx.dubbing import (EngineSpec, JobSettings, LocalExecutor, parse_input, plan_job, run_job,
                                     synthesize_item)
@@ -97,7 +96,7 @@ def test_subtitles_are_fitted_and_placed_at_their_cues(version, engines, voices_
     for item in job.items:
         result = by_name[item.name]
         fit = fit_cue(natural_seconds(engine, item.text), item.end - item.start)
-        assert (result.status, result.target_seconds) == (fit.status, fit.target)
+        assert (result.status, result.target_seconds) == (fit.status, pytest.approx(fit.target, abs=1e-4))
         audio, _ = sf.read(tmp_path / result.file, dtype="int16")
         assert len(audio) == round(fit.target * rate)                   # exactly the fitted length
         at = round(item.start * rate)
@@ -120,8 +119,8 @@ def test_an_item_is_the_engine_request_it_describes(engines, voices_of, tiny_mod
     item = job.items[0]
     outcome = synthesize_item(engine, item)
     voice = engine.voice_store(voices_of(3)).load("anna")
-    direct = engine.synthesize(SynthesisRequest(text=item.text, voice=voice, seed=5,
-                                                duration=outcome.result.target_seconds))
+    target = fit_cue(natural_seconds(engine, item.text), item.end - item.start).target
+    direct = engine.synthesize(SynthesisRequest(text=item.text, voice=voice, seed=5, duration=target))
     np.testing.assert_array_equal(outcome.audio, direct.audio)
 
 
@@ -175,6 +174,13 @@ def test_manifest_rows_and_item_failures(engines, voices_of, tiny_model_of, tmp_
     assert len(report.failed) == 4 and sorted(p.name for p in (tmp_path / "items").iterdir()) == ["line-0001.wav"]
 
 
+def test_output_names_used_twice_fail_the_later_line(voices_of, tiny_model_of):
+    job = plan_job(parse_input(jsonl({"text": "a", "name": "Intro"}, {"text": "b", "name": "intro"}), "j.jsonl"),
+                   settings(3, tiny_model_of, voices_of))
+    assert [i.name for i in job.items] == ["Intro"]
+    assert [(p.line, p.reason) for p in job.problems] == [(2, "output name 'intro' is used by line 1 already")]
+
+
 def test_nothing_is_written_through_a_planted_link(engines, voices_of, tiny_model_of, tmp_path):
     outside, out = tmp_path / "outside", tmp_path / "out"
     outside.mkdir()
@@ -224,13 +230,19 @@ def test_batch_command_end_to_end(tiny_model_dir, voices_of, tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["film.srt", "out"]     # nothing beside --out
 
 
-def test_batch_command_all_good_is_status_0(tiny_model_dir, voices_of, tmp_path, capsys):
-    job = tmp_path / "job.jsonl"
-    job.write_bytes(jsonl({"text": "Fine.", "duration": 1.0, "name": "sub/fine"}))
+def test_batch_command_all_good_is_status_0(tiny_model_dir, voices_of, prompt_wav, tmp_path, capsys):
+    (tmp_path / "clips").mkdir()
+    (tmp_path / "clips" / "me.wav").write_bytes(prompt_wav.read_bytes())
+    job = tmp_path / "job.jsonl"       # a line's clip path is relative to the JSONL file, not the working folder
+    job.write_bytes(jsonl({"text": "Fine.", "duration": 1.0, "name": "sub/fine"},
+                          {"text": "Mine.", "duration": 1.0, "prompt_wav": "clips/me.wav", "prompt_text": TRANSCRIPT}))
     code, _, err = run_cli(capsys, job, "--out", tmp_path / "o", "--model", tiny_model_dir, "--voice", "anna",
                            "--voices-dir", voices_of(3), "--no-glossary")
     assert code == 0, err
     assert (tmp_path / "o" / "items" / "sub" / "fine.wav").is_file()
+    rows = [json.loads(line) for line in (tmp_path / "o" / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["item"], r["voice"], r["error"]) for r in rows] == [("sub/fine", "anna", ""),
+                                                                   ("line-0002", "me.wav", "")]
 
 
 @pytest.mark.parametrize("case, match", [

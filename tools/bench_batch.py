@@ -19,7 +19,8 @@ SENTENCES = ["The morning train was late again, so everyone waited on the platfo
              "Nobody expected the storm to reach the coast before midnight.",
              "He put the kettle on and asked whether anyone wanted tea.",
              "The results were better than last year, but not by much."]
-CUE_SECONDS = 3.5      # each cue's slot; cues follow one another with 0.5 s gaps
+CUES = ["Good morning.", "Thank you.", "See you soon.", "Not today.", "Over here!", "Wait for me."]
+CUE_SECONDS = 2.5      # each cue's slot; cues follow one another with 0.5 s gaps
 
 
 def srt_time(seconds: float) -> str:
@@ -35,7 +36,7 @@ def write_input(path: Path, kind: str, count: int) -> Path:
     else:
         path = path / "job.srt"
         blocks = [f"{i + 1}\n{srt_time(i * (CUE_SECONDS + 0.5))} --> {srt_time(i * (CUE_SECONDS + 0.5) + CUE_SECONDS)}"
-                  f"\n{SENTENCES[i % len(SENTENCES)]}\n" for i in range(count)]
+                  f"\n{CUES[i % len(CUES)]}\n" for i in range(count)]
         path.write_text("\n".join(blocks), encoding="utf-8")
     return path
 

@@ -140,12 +140,14 @@ def plan_job(parsed: ParsedInput, settings: JobSettings) -> Job:
     known = set(store.names())
     voice_map = {speaker.casefold(): voice for speaker, voice in settings.voice_map.items()}
     digests: dict[str, str] = {}
-    items, problems, names = [], list(parsed.problems), {p.name: p.line for p in parsed.problems if p.fatal}
+    # Names compared without case: 'Intro' and 'intro' are one file on Windows and macOS.
+    items, problems = [], list(parsed.problems)
+    names = {p.name.casefold(): p.line for p in parsed.problems if p.fatal}
     for item in parsed.items:
         try:
-            if item.name in names:
-                raise InputError(f"output name {item.name!r} is used by line {names[item.name]} already")
-            names[item.name] = item.line
+            if item.name.casefold() in names:
+                raise InputError(f"output name {item.name!r} is used by line {names[item.name.casefold()]} already")
+            names[item.name.casefold()] = item.line
             text, voice = item.text, None
             if item.speaker and item.speaker.casefold() in voice_map:
                 text, voice = without_speaker(item.text, item.speaker), voice_map[item.speaker.casefold()]

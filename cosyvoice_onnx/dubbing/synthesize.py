@@ -131,7 +131,8 @@ def _speak(engine, item: JobItem, voice, result: ItemResult) -> np.ndarray:
     duration = item.duration
     if item.timed:
         fit = fit_cue(natural_seconds(engine, item.text, item.glossary), item.end - item.start)
-        result.natural_seconds, result.target_seconds, result.status = round(fit.natural, 3), fit.target, fit.status
+        result.natural_seconds, result.target_seconds = round(fit.natural, 4), round(fit.target, 4)
+        result.status = fit.status
         duration = fit.target
     parts = text_parts(item.text) if duration is None else [item.text]
     pieces = []

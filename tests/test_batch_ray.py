@@ -4,7 +4,10 @@ command and through `run_job`; a worker killed mid-job costs no item; an item pa
 and a model that does not load is one line; every wait is bounded and the cluster is shut down afterwards."""
 
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,6 +39,7 @@ Backwards.
 See you soon.
 """
 INPUTS = {"jsonl": ("job.jsonl", JSONL), "srt": ("film.srt", SRT)}
+ROOT = str(Path(__file__).resolve().parent.parent)       # the checkout whose package the subprocess runs
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +77,20 @@ def _same_outputs(local, remote) -> None:
             assert (local / extra).read_bytes() == (remote / extra).read_bytes()
     summary = lambda out: (out / "report.txt").read_text().splitlines()[1:]   # noqa: E731 (line 1 has the time)
     assert summary(local) == summary(remote)
+
+
+def test_the_command_in_a_fresh_process_starts_and_stops_its_own_ray(tiny_engine, tiny_model_dir, voices, tmp_path):
+    """`batch --ray` with no cluster around: a private Ray for the job, stopped when the command returns (first in
+    this module, so it never runs beside the module's own cluster)."""
+    source, job = _job("jsonl", tmp_path, tiny_model_dir, voices)
+    run_job(job, tmp_path / "local", LocalExecutor(tiny_engine))
+    done = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "batch", str(source), "--out", str(tmp_path / "ray"),
+                           "--model", str(tiny_model_dir), "--voices-dir", str(voices), "--voice", "anna", "--ray",
+                           "--workers", "2"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])})
+    assert done.returncode == 1, done.stderr[-2000:]                 # the two bad lines, as locally
+    _same_outputs(tmp_path / "local", tmp_path / "ray")
+    assert "Started a local Ray instance" in done.stderr
 
 
 @pytest.mark.parametrize("kind", sorted(INPUTS))

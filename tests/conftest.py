@@ -122,6 +122,19 @@ def serve_process(free_port):
     return run
 
 
+@pytest.fixture(scope="session")
+def upload_voice(prompt_wav):
+    """upload_voice(api, name, transcript): the prompt clip saved as voice NAME through the speech API's
+    POST /v1/voices (201 checked); returns the name."""
+    def upload(api, name: str, transcript: str) -> str:
+        res = api.post("/v1/voices", files={"file": ("me.wav", prompt_wav.read_bytes(), "audio/wav")},
+                       data={"name": name, "transcript": transcript})
+        assert res.status_code == 201, res.text
+        assert res.json()["name"] == name
+        return name
+    return upload
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A private two-CPU Ray on this machine for one test module: (ray, its GCS address); shut down afterwards."""

@@ -38,12 +38,8 @@ def api(server):
 
 
 @pytest.fixture(scope="module")
-def voice(api, prompt_wav):
-    res = api.post("/v1/voices", files={"file": ("me.wav", prompt_wav.read_bytes(), "audio/wav")},
-                   data={"name": VOICE, "transcript": TRANSCRIPT})
-    assert res.status_code == 201, res.text
-    assert res.json()["name"] == VOICE
-    return VOICE
+def voice(api, upload_voice):
+    return upload_voice(api, VOICE, TRANSCRIPT)
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,9 @@ def make_executor(args, job):
     """The executor of this run: sequential on one engine loaded here. (A cluster executor, `batch --ray`, is
     chosen here too: anything with `run(items) -> Iterator[ItemOutcome]`, see dubbing/runner.py.)"""
     from .dubbing import LocalExecutor
+    from .scale.batch_ray import ray_executor
 
-    return LocalExecutor(job.engine.load())
+    return ray_executor(args, job) or LocalExecutor(job.engine.load())
 
 
 def _cmd_batch(args) -> int:
@@ -115,6 +116,9 @@ def add_batch_command(sub, backend_help: str, device_help: str) -> None:
     b.add_argument("--duration-method", default="tokens", choices=DURATION_METHODS,
                    help="how cues and `duration` lines get their exact length")
     b.add_argument("--no-resume", action="store_true", help="synthesize every item again")
+    from .scale.batch_ray import add_batch_ray_arguments
+
+    add_batch_ray_arguments(b)
     add_synth_glossary_options(b)
     b.set_defaults(func=_cmd_batch)
 

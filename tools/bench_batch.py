@@ -41,28 +41,41 @@ def write_input(path: Path, kind: str, count: int) -> Path:
     return path
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: a tiny CV3 model in --work)")
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--kind", choices=["jsonl", "srt"], default="jsonl")
-    p.add_argument("--items", type=int, default=100)
-    p.add_argument("--work", type=Path, default=None, help="folder for the tiny model, the input and the output")
-    args = p.parse_args()
-
+def generated_job(args, prefix: str):
+    """(work folder, the planned job): args.kind/items generated in args.work (default a new temporary folder),
+    spoken in a synthetic prompt voice by args.model (default a tiny CV3 model made there) on args.backend."""
     from cosyvoice_onnx.audio import write_wav
-    from cosyvoice_onnx.dubbing import EngineSpec, JobSettings, LocalExecutor, parse_input, plan_job, run_job
+    from cosyvoice_onnx.dubbing import EngineSpec, JobSettings, parse_input, plan_job
     from cosyvoice_onnx.tools.tiny import make_tiny_model, synthetic_voice
 
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-batch-"))
+    work = args.work or Path(tempfile.mkdtemp(prefix=prefix))
     work.mkdir(parents=True, exist_ok=True)
     model = args.model or (work / "tiny" if (work / "tiny").is_dir() else make_tiny_model(work / "tiny", version=3))
     clip = work / "prompt.wav"
     write_wav(clip, synthetic_voice(4.0, 24000, seed=1), 24000)
     source = write_input(work, args.kind, args.items)
-    job = plan_job(parse_input(source.read_bytes(), source.name),
-                   JobSettings(EngineSpec(model, args.backend), voices_dir=str(work / "voices"),
-                               prompt_wav=str(clip), prompt_text="This is the prompt clip."))
+    return work, plan_job(parse_input(source.read_bytes(), source.name),
+                          JobSettings(EngineSpec(model, args.backend), voices_dir=str(work / "voices"),
+                                      prompt_wav=str(clip), prompt_text="This is the prompt clip."))
+
+
+def job_parser(description: str) -> argparse.ArgumentParser:
+    """The options of the generated job (also tools/bench_batch_ray.py's)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: a tiny CV3 model in --work)")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--kind", choices=["jsonl", "srt"], default="jsonl")
+    p.add_argument("--items", type=int, default=100)
+    p.add_argument("--work", type=Path, default=None, help="folder for the tiny model, the input and the output")
+    return p
+
+
+def main() -> None:
+    args = job_parser(__doc__).parse_args()
+
+    from cosyvoice_onnx.dubbing import LocalExecutor, run_job
+
+    work, job = generated_job(args, "bench-batch-")
     start = time.perf_counter()
     engine = job.engine.load()
     loaded = time.perf_counter()

@@ -95,11 +95,16 @@ def text_parts(text: str, limit: int = MAX_TEXT_CHARS) -> list[str]:
     return [p for p in parts if p.strip()]
 
 
+def item_result(item: JobItem, backend: str, error: str = "") -> ItemResult:
+    """The manifest row of `item` before it is spoken (also the row of an item an executor could not run)."""
+    return ItemResult(item.name, item.line, item.file, seed=item.seed, backend=backend, key=item.key,
+                      start=item.start, end=item.end, speaker=item.speaker, voice=item.voice.label, error=error)
+
+
 def synthesize_item(engine, item: JobItem, voices: VoiceCache | None = None) -> ItemOutcome:
     """`item` spoken by `engine`: a cue fitted to its slot (fitting.py), a long chapter in parts joined like
     sentences. Any failure of this item is its result's `error`; it never stops the job."""
-    result = ItemResult(item.name, item.line, item.file, seed=item.seed, backend=str(engine.plan), key=item.key,
-                        start=item.start, end=item.end, speaker=item.speaker, voice=item.voice.label)
+    result = item_result(item, str(engine.plan))
     start = time.perf_counter()
     try:
         voice = (voices or VoiceCache(engine)).get(item.voice)

@@ -135,6 +135,9 @@ def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path)
         assert expected <= set(stages), name
         assert all(stages[s]["median_s"] > 0 for s in expected)
         assert stages["e2e"]["audio_s"] == pytest.approx(2.0)
+        if "convert" in expected:
+            # The 2 s source comes back as its tokens' worth of audio in the target voice.
+            assert stages["convert"]["audio_s"] == pytest.approx(2.0, abs=0.1)
         assert stages["peak_rss_bytes"] > 10 << 20
     for precision in ("fp32", "int8"):
         assert all(b["seconds"] > 0 for b in report["bounds"][precision].values())

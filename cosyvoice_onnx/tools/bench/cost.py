@@ -170,6 +170,9 @@ def stage_costs(cfg: ModelConfig, work: Workload, weight_bytes: float) -> dict[s
                 whole[1] + vocoder_cost(cfg.hift, audio_tokens * cfg.flow.token_mel_ratio)),
         "ttfa": (prefill + lm_decode_run_cost(c, work.prefill_len, first - 1, weight_bytes) + streamed[0],
                  streamed[1] + vocoder_cost(cfg.hift, work.stream_first_frames(cfg))),
+        # The source's tokens through the flow and the vocoder; the speech tokenizer and speaker model that also
+        # run in the call are left out, so this bound is lower still.
+        "convert": (whole[0], whole[1] + vocoder_cost(cfg.hift, audio_tokens * cfg.flow.token_mel_ratio)),
     }
 
 

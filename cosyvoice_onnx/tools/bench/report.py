@@ -24,7 +24,8 @@ def _number(value: float | None, digits: int) -> str:
 
 def stage_labels(cfg: ModelConfig, work: Workload) -> dict[str, str]:
     first = work.stream_first_tokens(cfg)
-    audio = work.flow_tokens / cfg.features.token_frame_rate
+    token_rate = cfg.features.token_frame_rate
+    audio = work.flow_tokens / token_rate
     frames = (work.flow_prompt_tokens + work.flow_tokens) * cfg.flow.token_mel_ratio
     return {
         "lm_prefill": f"LM prefill, {work.prefill_len} positions",
@@ -33,6 +34,7 @@ def stage_labels(cfg: ModelConfig, work: Workload) -> dict[str, str]:
         "vocoder": f"vocoder {work.vocoder_frames / 50:g} s ({work.vocoder_frames} frames)",
         "e2e": f"end to end, {audio:g} s of audio",
         "ttfa": f"streaming first audio ({first} tokens)",
+        "convert": f"voice conversion, {audio:g} s source ({work.flow_prompt_tokens / token_rate:g} s prompt)",
     }
 
 
@@ -75,7 +77,7 @@ def format_report(report: dict) -> str:
             bound = None if on_gpu else report["bounds"].get(COLUMN_BOUNDS.get(name), {}).get(stage, {}).get("seconds")
             if bound:
                 cell += f" ({measured['median_s'] / bound:.1f}x)"
-            if stage == "e2e":
+            if stage in ("e2e", "convert") and "audio_s" in measured:
                 cell += f" RTF {measured['median_s'] / measured['audio_s']:.2f}"
             row.append(cell)
         torch_result = backends.get("torch", {}).get(stage)

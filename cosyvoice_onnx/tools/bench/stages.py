@@ -24,7 +24,8 @@ from .workload import Workload
 # real-size run on two cores within minutes while small stages still get several repeats for a stable median.
 STAGE_TIME_CAP_S = 30.0
 
-STAGES = ("lm_prefill", "lm_decode", "flow", "vocoder", "e2e", "ttfa")
+# convert: voice conversion through the engine (source tokens -> flow -> vocoder, no LM; issue #17's RTF).
+STAGES = ("lm_prefill", "lm_decode", "flow", "vocoder", "e2e", "ttfa", "convert")
 # int8 quantizes the LM and the flow estimator; its vocoder is the fp32 graph, timed once under onnx.
 INT8_LM_ONLY = "lm=onnx:int8,flow=onnx,vocoder=onnx"
 STAGES_TIMED = {"onnx:int8": [s for s in STAGES if s != "vocoder"],
@@ -115,6 +116,25 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
     }
 
 
+def _conversion_run(engine, cfg: ModelConfig, work: Workload) -> tuple[Callable[[], float], dict]:
+    """One `engine.convert` call as the CLI makes it (`convert --source-wav --prompt-wav`): a synthetic voice-like
+    source of the Workload's flow_tokens (10 s) and a prompt clip of its flow_prompt_tokens (3 s), so the flow and
+    vocoder see the sizes of the other stages; the speech tokenizer and the speaker model run inside the call.
+    Returns the run and a dict that gets the seconds of audio the last call made."""
+    from ..tiny import synthetic_voice
+
+    rate, token_rate = cfg.hift.sampling_rate, cfg.features.token_frame_rate
+    source = (rate, synthetic_voice(work.flow_tokens / token_rate, rate, seed=work.seed + 2))
+    prompt = (rate, synthetic_voice(work.flow_prompt_tokens / token_rate, rate, seed=work.seed + 1))
+    made = {}
+
+    def run() -> None:
+        result = engine.convert(source, prompt_wav=prompt, seed=work.seed)
+        made["audio_s"] = len(result.audio) / result.sample_rate
+
+    return run, made
+
+
 def run_backend(job: dict, partial: Path | None = None) -> dict:
     """Times the job's stages on one backend; `job` is what `_backend_job` builds. `partial`: a file rewritten
     after every stage, so a worker stopped by its time limit still reports the stages it finished."""
@@ -138,10 +158,21 @@ def run_backend(job: dict, partial: Path | None = None) -> dict:
     start = time.perf_counter()
     files = inspect_model_dir(job["model_dir"])
     cfg = files.config
-    stages = load_stages(files, plan, job["export_dir"])
-    token2wav = Token2Wav(cfg, stages.flow, stages.vocoder, stages.flow_noise, hift_noise_source(cfg))
+    engine, converted = None, {}
+    if "convert" in job["stages"]:
+        from ...engine import CosyVoice
+
+        # The engine (its frontend included) owns the stages then, so they are loaded once.
+        engine = CosyVoice(files.root, plan, export_dir=job["export_dir"])
+        stages, token2wav = engine.stages, engine.token2wav
+    else:
+        stages = load_stages(files, plan, job["export_dir"])
+        token2wav = Token2Wav(cfg, stages.flow, stages.vocoder, stages.flow_noise, hift_noise_source(cfg))
     result = {"backend": job["backend"], "load_s": time.perf_counter() - start}
     runs = _stage_runs(cfg, stages, token2wav, work)
+    if engine is not None:
+        convert, converted = _conversion_run(engine, cfg, work)
+        runs["convert"] = (convert, None)
     for stage in (s for s in STAGES if s in job["stages"]):
         fn, warmup = runs[stage]
         result[stage] = _timed(fn, int(job["repeats"]), warmup)
@@ -151,6 +182,8 @@ def run_backend(job: dict, partial: Path | None = None) -> dict:
             partial.write_text(json.dumps({**result, "error": f"stopped after {stage}"}))
     if "e2e" in result:
         result["e2e"]["audio_s"] = work.flow_tokens / cfg.features.token_frame_rate
+    if "convert" in result:
+        result["convert"]["audio_s"] = converted["audio_s"]
     result["peak_rss_bytes"] = peak_rss_bytes()
     if torch is not None and torch.cuda.is_available():
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()

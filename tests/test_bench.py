@@ -250,3 +250,25 @@ def test_bench_cli_refuses_a_bad_thread_count_in_one_line(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "'zero'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_cli_times_only_the_chosen_stages(tmp_path):
+    report_path = tmp_path / "stages.json"
+    result = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "bench", "--size", "tiny", "--quick",
+                             "--work", tmp_path / "work", "--backends", "onnx,onnx:int8", "--threads", "1",
+                             "--stages", "vocoder,convert", "--json", report_path],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    backends = json.loads(report_path.read_text())["backends"]
+    timed = {name: {s for s in STAGES if s in stages} for name, stages in backends.items()}
+    # int8 runs the fp32 vocoder, so it times conversion only.
+    assert timed == {"onnx": {"vocoder", "convert"}, "onnx:int8": {"convert"}}
+    assert backends["onnx"]["convert"]["audio_s"] > 0
+    assert "RuntimeWarning" not in result.stderr  # the worker runs from the package's __main__
+
+
+def test_bench_cli_refuses_an_unknown_stage_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "bench", "--stages", "flow,decoder"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown stage 'decoder'" in result.stderr and "Traceback" not in result.stderr

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .report import format_report, format_scaling
 from .run import default_work_dir, run_bench
+from .stages import STAGES
 from .workload import SIZES, Workload
 
 
@@ -35,6 +36,8 @@ def add_bench_command(sub) -> None:
     b.add_argument("--threads", type=thread_counts, default=None,
                    help="threads per backend, or a sweep in one run: e.g. 1,2,all (all: one per physical core "
                         "this process may use, the default); a sweep prints each count's table and the scaling")
+    b.add_argument("--stages", type=stage_list, default=None,
+                   help=f"time only these stages (comma list of {', '.join(STAGES)}; default all)")
     b.add_argument("--repeats", type=int_range(1, 1000), default=3, help="timed runs per stage, after a warm-up")
     b.add_argument("--quick", action="store_true", help="a 2 s request and one repeat: a check that it all runs")
     b.add_argument("--json", type=output_file, default=None, help="write the full report as JSON")
@@ -63,13 +66,23 @@ def thread_counts(text: str) -> list[int]:
     return counts
 
 
+def stage_list(text: str) -> list[str]:
+    """`--stages`: a comma list of STAGES names."""
+    names = [part.strip() for part in text.split(",")]
+    unknown = [name for name in names if name not in STAGES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown stage {', '.join(map(repr, unknown))}; choose from "
+                                         f"{', '.join(STAGES)}")
+    return names
+
+
 def _cmd_bench(args) -> int:
     counts = args.threads or [None]
     reports = [run_bench(args.size, args.work, args.model, args.precisions, threads,
                          1 if args.quick else args.repeats, Workload.quick() if args.quick else Workload(),
                          progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version,
                          device=args.device, backends=args.backends.split(",") if args.backends else None,
-                         backend_timeout_s=args.backend_timeout)
+                         backend_timeout_s=args.backend_timeout, stages=args.stages)
                for threads in counts]
     for report in reports:
         print(format_report(report) + "\n")

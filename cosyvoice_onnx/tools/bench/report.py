@@ -44,7 +44,8 @@ def format_report(report: dict) -> str:
     backends = report["backends"]
     onnx_names = [name for name in backends if name != "torch"]
     lines = [
-        f"model: {report['model']}; {report['threads']} threads; {machine.get('cpu')} "
+        f"model: {report['model']}; {report['threads']} threads"
+        f"{'' if report.get('ort_spinning', True) else ' (ONNX Runtime spinning off)'}; {machine.get('cpu')} "
         f"({machine.get('usable_cores', machine.get('cores'))} usable cores, {machine.get('ram_gb')} GB RAM, "
         f"{' '.join(machine.get('isa', []))})",
         f"python {machine['python']}, numpy {machine['numpy']}, onnxruntime {machine['onnxruntime']}, "

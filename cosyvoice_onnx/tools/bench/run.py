@@ -69,17 +69,18 @@ def backends_for(precisions: list[str], cuda: bool, device=None) -> list[str]:
 def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str | Path | None = None,
               precisions: str = "fp32,int8", threads: int | None = None, repeats: int = 3,
               workload: Workload | None = None, progress: Callable[[str], None] = print, version: int = 3,
-              device: str = "cpu", backends: list[str] | None = None, backend_timeout_s: float | None = None) -> dict:
+              device: str = "cpu", backends: list[str] | None = None, backend_timeout_s: float | None = None,
+              stages: list[str] | None = None) -> dict:
     """Everything `cosyvoice-onnx bench` prints, as a dict (also what --json writes). `device` cuda times the
     stages on the GPU (GPU_TORCH_BACKENDS, and ONNX fp16 where onnxruntime has the CUDA provider). `backends`
     names the columns instead (e.g. ["torch", "torch:bf16"]); only the ONNX precisions among them are exported.
     backend_timeout_s bounds each column's worker: one that fails or runs out of time is reported with what it
-    finished, and the other columns still run."""
+    finished, and the other columns still run. `stages` (default all of STAGES) limits what each column times."""
     import onnxruntime as ort
 
     from ...devices import parse_device, resolve_torch
     from ...plan import parse_precisions
-    from ...onnx_backend.session import default_threads
+    from ...onnx_backend.session import allow_spinning, default_threads
 
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; choose {' or '.join(SIZES)}")
@@ -104,14 +105,17 @@ def run_bench(size: str = "tiny", work: str | Path | None = None, model_dir: str
     model, export_dir = prepare(size, work, wanted, Path(model_dir) if model_dir else None, progress, version)
     described = str(model) if model_dir else f"CosyVoice{version} dimensions ({size}), seeded random weights"
     report = {"model": described, "machine": describe_machine(),
-              "workload": asdict(workload), "threads": threads, "device": str(device)}
+              "workload": asdict(workload), "threads": threads, "device": str(device),
+              "ort_spinning": allow_spinning()}
     progress("measuring this machine (GEMM rates, memory bandwidth)")
     before = measure_machine(threads)
     report["backends"] = {}
     for backend in names:
-        stages = STAGES_TIMED.get(backend, list(STAGES))
-        progress(f"timing {backend} on {device} ({', '.join(stages)})")
-        job = _backend_job(backend, model, export_dir, threads, repeats, workload, stages, str(device))
+        timed = [s for s in STAGES_TIMED.get(backend, list(STAGES)) if stages is None or s in stages]
+        if not timed:
+            continue
+        progress(f"timing {backend} on {device} ({', '.join(timed)})")
+        job = _backend_job(backend, model, export_dir, threads, repeats, workload, timed, str(device))
         if backend_timeout_s is None:
             report["backends"][backend] = run_backend_subprocess(job)
             continue

@@ -218,7 +218,7 @@ def run_backend_subprocess(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as scratch:
         out = Path(scratch) / "result.json"
         # The worker's progress and any traceback go to our stderr; stdout stays for the table.
-        command = [sys.executable, "-m", "cosyvoice_onnx.tools.bench.stages", json.dumps(job), str(out)]
+        command = [sys.executable, "-m", "cosyvoice_onnx.tools.bench", json.dumps(job), str(out)]
         try:
             proc = subprocess.run(command, env=env, stdout=sys.stderr, timeout=job.get("timeout_s"))
         except subprocess.TimeoutExpired:
@@ -233,10 +233,3 @@ def run_backend_subprocess(job: dict) -> dict:
         result = json.loads(out.read_text())
         result.pop("error", None)
         return result
-
-
-
-if __name__ == "__main__":
-    # Worker mode, started by run_backend_subprocess:
-    # `python -m cosyvoice_onnx.tools.bench.stages JOB_JSON OUT_JSON`.
-    Path(sys.argv[2]).write_text(json.dumps(run_backend(json.loads(sys.argv[1]), Path(sys.argv[2]))))

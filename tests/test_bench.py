@@ -228,8 +228,7 @@ def test_scaling_table_gives_each_stage_the_speed_up_from_the_fewest_to_the_most
     assert flow.split()[2:] == ["8.00", "s", "5.00", "s", "2.00", "s", "4.00x"]
     vocoder = next(line for line in table if line.startswith("label vocoder"))
     assert vocoder.split()[2:] == ["500.0", "ms", "500.0", "ms", "500.0", "ms", "1.00x"]
-    decode = next(line for line in table if line.startswith("label lm_decode"))
-    assert decode.split()[2:] == ["-", "-", "-", "-"]
+    assert not any(line.startswith("label lm_decode") for line in table)  # a stage no run timed has no row
 
 
 def test_bench_cli_thread_sweep_times_each_count_in_one_run(tmp_path):
@@ -265,6 +264,7 @@ def test_bench_cli_times_only_the_chosen_stages(tmp_path):
     assert timed == {"onnx": {"vocoder", "convert"}, "onnx:int8": {"convert"}}
     assert backends["onnx"]["convert"]["audio_s"] > 0
     assert "RuntimeWarning" not in result.stderr  # the worker runs from the package's __main__
+    assert "voice conversion" in result.stdout and "LM decode" not in result.stdout
 
 
 def test_bench_cli_refuses_an_unknown_stage_in_one_line():

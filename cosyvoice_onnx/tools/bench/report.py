@@ -63,7 +63,8 @@ def format_report(report: dict) -> str:
         f"PyTorch/{COLUMN_NAMES.get(name, name)}" for name in onnx_names]
     rows = [header]
     labels = report["labels"]
-    for stage in STAGES:
+    # A --stages run leaves out the rows no column timed.
+    for stage in (s for s in STAGES if any(s in b for b in backends.values())):
         fp32 = report["bounds"]["fp32"][stage]
         row = [labels[stage], _number(fp32["gflop"], 1), _number(fp32["gbytes"], 2)]
         row += [_seconds(report["bounds"][p][stage]["seconds"]) for p in ("fp32", "int8")]
@@ -113,7 +114,7 @@ def format_scaling(reports: list[dict]) -> str:
         f"{COLUMN_NAMES.get(n, n)} {counts[0]}->{counts[-1]}" for n in names]
     rows = [header]
     labels = reports[0]["labels"]
-    for stage in STAGES:
+    for stage in (s for s in STAGES if any(s in b for r in reports for b in r["backends"].values())):
         row = [labels[stage]]
         medians = {n: [r["backends"].get(n, {}).get(stage, {}).get("median_s") for r in reports] for n in names}
         for name in names:

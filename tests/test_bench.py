@@ -9,7 +9,10 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from cosyvoice_onnx.tools.bench import STAGES, Workload, flow_cost, flow_weight_matmul_cost, lm_decode_cost, lm_prefill_cost, prepare, vocoder_cost
+from cosyvoice_onnx.tools.bench import prepare
+from cosyvoice_onnx.tools.bench.cost import flow_cost, flow_weight_matmul_cost, lm_decode_cost, lm_prefill_cost, vocoder_cost
+from cosyvoice_onnx.tools.bench.stages import STAGES
+from cosyvoice_onnx.tools.bench.workload import Workload
 from cosyvoice_onnx.config_readers import load_config
 from cosyvoice_onnx.torch_backend.loader import build_modules
 
@@ -132,6 +135,9 @@ def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path)
         assert expected <= set(stages), name
         assert all(stages[s]["median_s"] > 0 for s in expected)
         assert stages["e2e"]["audio_s"] == pytest.approx(2.0)
+        if "convert" in expected:
+            # The 2 s source comes back as its tokens' worth of audio in the target voice.
+            assert stages["convert"]["audio_s"] == pytest.approx(2.0, abs=0.1)
         assert stages["peak_rss_bytes"] > 10 << 20
     for precision in ("fp32", "int8"):
         assert all(b["seconds"] > 0 for b in report["bounds"][precision].values())
@@ -166,7 +172,7 @@ def test_default_threads_count_physical_cores_within_the_cpu_quota(tmp_path, mon
 
 
 def test_unmodelled_stages_get_no_bound_but_the_lm_keeps_its_own():
-    from cosyvoice_onnx.tools.bench import bounds
+    from cosyvoice_onnx.tools.bench.cost import bounds
     from cosyvoice_onnx.config import FlowConfig, HiFTConfig, ModelConfig
 
     cfg = ModelConfig(version=2, yaml_name="cosyvoice2.yaml", speech_tokenizer_file="speech_tokenizer_v2.onnx",
@@ -189,3 +195,80 @@ def test_a_streaming_flow_chunk_costs_its_frames_without_the_look_ahead(tiny_mod
     estimator = counted_flops(lambda: flow.estimator(*args, streaming=True))
     encoder = counted_flops(lambda: flow.encode_tokens(torch.randint(0, 100, (1, tokens)), False))
     assert flow_cost(f, tokens, finalize=False).flops == pytest.approx(f.n_timesteps * estimator + encoder, rel=1e-9)
+
+
+def test_thread_counts_parse_a_sweep_with_all_cores(monkeypatch):
+    import argparse
+
+    from cosyvoice_onnx.tools.bench.cli import thread_counts
+
+    monkeypatch.setenv("COSYVOICE_ORT_THREADS", "3")  # what default_threads() answers, so "all" is known here
+    assert thread_counts("1,2,all") == [1, 2, 3]
+    assert thread_counts("4") == [4]
+    assert thread_counts("2, 2,ALL,3") == [2, 3]
+    for bad in ("0", "1,x", "", "1,,2", "2000"):
+        with pytest.raises(argparse.ArgumentTypeError, match="whole number from 1 to 1024 or 'all'"):
+            thread_counts(bad)
+
+
+def test_scaling_table_gives_each_stage_the_speed_up_from_the_fewest_to_the_most_threads():
+    from cosyvoice_onnx.tools.bench.report import format_scaling
+
+    labels = {stage: f"label {stage}" for stage in STAGES}
+
+    def report(threads: int, flow_s: float) -> dict:
+        return {"threads": threads, "labels": labels,
+                "backends": {"onnx": {"flow": {"median_s": flow_s}, "vocoder": {"median_s": 0.5}}}}
+
+    table = format_scaling([report(1, 8.0), report(2, 5.0), report(4, 2.0)]).splitlines()
+    assert "1, 2, 4 threads" in table[0]
+    assert table[1].split() == ["stage", "ONNX", "fp32", "@1", "ONNX", "fp32", "@2", "ONNX", "fp32", "@4", "ONNX",
+                                "fp32", "1->4"]
+    flow = next(line for line in table if line.startswith("label flow"))
+    assert flow.split()[2:] == ["8.00", "s", "5.00", "s", "2.00", "s", "4.00x"]
+    vocoder = next(line for line in table if line.startswith("label vocoder"))
+    assert vocoder.split()[2:] == ["500.0", "ms", "500.0", "ms", "500.0", "ms", "1.00x"]
+    assert not any(line.startswith("label lm_decode") for line in table)  # a stage no run timed has no row
+
+
+def test_bench_cli_thread_sweep_times_each_count_in_one_run(tmp_path):
+    report_path = tmp_path / "sweep.json"
+    result = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "bench", "--size", "tiny", "--quick",
+                             "--work", tmp_path / "work", "--backends", "onnx", "--threads", "1,2",
+                             "--json", report_path], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    sweep = json.loads(report_path.read_text())["sweep"]
+    assert [r["threads"] for r in sweep] == [1, 2]
+    assert all(set(STAGES) <= set(r["backends"]["onnx"]) for r in sweep)
+    assert "scaling over 1, 2 threads" in result.stdout and "ONNX fp32 1->2" in result.stdout
+    assert result.stdout.count("1 threads;") == 1 and result.stdout.count("2 threads;") == 1
+
+
+def test_bench_cli_refuses_a_bad_thread_count_in_one_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "bench", "--threads", "1,zero"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "'zero'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bench_cli_times_only_the_chosen_stages(tmp_path):
+    report_path = tmp_path / "stages.json"
+    result = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "bench", "--size", "tiny", "--quick",
+                             "--work", tmp_path / "work", "--backends", "onnx,onnx:int8", "--threads", "1",
+                             "--stages", "vocoder,convert", "--json", report_path],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    backends = json.loads(report_path.read_text())["backends"]
+    timed = {name: {s for s in STAGES if s in stages} for name, stages in backends.items()}
+    # int8 runs the fp32 vocoder, so it times conversion only.
+    assert timed == {"onnx": {"vocoder", "convert"}, "onnx:int8": {"convert"}}
+    assert backends["onnx"]["convert"]["audio_s"] > 0
+    assert "RuntimeWarning" not in result.stderr  # the worker runs from the package's __main__
+    assert "voice conversion" in result.stdout and "LM decode" not in result.stdout
+
+
+def test_bench_cli_refuses_an_unknown_stage_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "cosyvoice_onnx", "bench", "--stages", "flow,decoder"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert "unknown stage 'decoder'" in result.stderr and "Traceback" not in result.stderr

@@ -199,3 +199,24 @@ def test_export_from_an_older_format_is_refused(exported, tmp_path):
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(ExportError, match="re-export: `cosyvoice-onnx export"):
         CosyVoice(old, backend="onnx:int8")
+
+
+@pytest.mark.parametrize("value, expected", [(None, "1"), ("0", "0"), ("off", "0"), ("ON", "1")])
+def test_ort_spinning_follows_cosyvoice_ort_spin(tiny_export_of, monkeypatch, value, expected):
+    from cosyvoice_onnx.onnx_backend.session import make_session
+
+    if value is None:
+        monkeypatch.delenv("COSYVOICE_ORT_SPIN", raising=False)
+    else:
+        monkeypatch.setenv("COSYVOICE_ORT_SPIN", value)
+    session = make_session(tiny_export_of(3) / "flow_encoder.onnx", threads=1, device="cpu")
+    assert session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == expected
+
+
+def test_a_bad_cosyvoice_ort_spin_is_a_clear_error(tiny_export_of, monkeypatch):
+    from cosyvoice_onnx.errors import InputError
+    from cosyvoice_onnx.onnx_backend.session import make_session
+
+    monkeypatch.setenv("COSYVOICE_ORT_SPIN", "maybe")
+    with pytest.raises(InputError, match="COSYVOICE_ORT_SPIN='maybe': use 1/on or 0/off"):
+        make_session(tiny_export_of(3) / "flow_encoder.onnx", threads=1, device="cpu")

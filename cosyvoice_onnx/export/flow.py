@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from .graph_fixes import drop_empty_pad_values
 from ..onnx_backend.flow import ENCODER_IO
 from ..plan import EXPORT_PRECISIONS, graph_files
 
@@ -73,7 +74,9 @@ def _trace(module: nn.Module, args: tuple, path: Path, inputs: list[str], output
         traced = Path(scratch) / path.name
         torch.onnx.export(module, args, str(traced), input_names=inputs, output_names=outputs, opset_version=OPSET,
                           dynamic_axes=dynamic_axes, do_constant_folding=True, dynamo=False)
-        return onnx.load(str(traced))
+        model = onnx.load(str(traced))
+    drop_empty_pad_values(model.graph)  # lets ONNX Runtime fold zero pads into the convs (same output)
+    return model
 
 
 def _set_output_shape(model: onnx.ModelProto, name: str, dims: list) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import onnx
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from ..config import ModelConfig
+from .graph_fixes import drop_empty_pad_values
 from ..onnx_backend.hift import GRAPHS
 from ..plan import EXPORT_PRECISIONS, graph_files
 from ..torch_backend.hift import F0_LOOK_RIGHT, CausalHiFT, F0Predictor, PaddedConv1d, splice_source
@@ -145,6 +147,9 @@ def _export_graph(graph: HiftGraph | CachedHiftGraph, path: Path) -> None:
         torch.onnx.export(
             graph, graph.example_inputs(), str(path), dynamo=False, opset_version=OPSET, do_constant_folding=True,
             input_names=graph.input_names, output_names=graph.output_names, dynamic_axes=graph.dynamic_axes)
+    model = onnx.load(str(path))
+    drop_empty_pad_values(model.graph)  # lets ONNX Runtime fold the causal pads into the convs (same output)
+    onnx.save(model, str(path))
 
 
 def export_hift(module: CausalHiFT, cfg: ModelConfig, out_dir: Path, precision: str = "fp32",

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from ..devices import CPU, CPU_PROVIDER, CUDA_PROVIDER, Device, onnx_providers, parse_device, resolve_onnx
-from ..errors import ExportError
+from ..errors import ExportError, InputError
 
 # Today's default: the CUDA provider where this onnxruntime has it, the CPU otherwise.
 AUTO = Device("auto")
@@ -71,6 +71,24 @@ def _cpu_quota(cgroup_cpu_max: Path) -> int | None:
         return None
 
 
+SPIN_SWITCH = {"1": True, "on": True, "true": True, "0": False, "off": False, "false": False}
+
+
+def allow_spinning() -> bool:
+    """Whether ONNX Runtime's idle intra-op threads busy-wait for the next op (its default: on); COSYVOICE_ORT_SPIN
+    = 0/off turns it off.
+
+    Spinning keeps the LM's many small per-token ops from paying a thread wake-up each, but a spinning thread
+    holds its core between ops, also while a single-threaded op (the vocoder's Sin) runs. On a machine shared
+    with other jobs that costs more than it saves: the real-size vocoder at 2 threads ran 1.26x faster with it
+    off on the 2-core machine under load (README, "CPU speed"). Scheduling only, so outputs are unchanged.
+    """
+    value = os.environ.get("COSYVOICE_ORT_SPIN", "1").strip().lower()
+    if value not in SPIN_SWITCH:
+        raise InputError(f"COSYVOICE_ORT_SPIN={value!r}: use 1/on or 0/off")
+    return SPIN_SWITCH[value]
+
+
 def make_session(path: Path, *, threads: int | None = None, device: Device | str | None = AUTO,
                  cuda_graph: bool = False):
     """Opens one exported graph on `device` (see `providers`); a missing or unreadable file is reported as a
@@ -87,6 +105,7 @@ def make_session(path: Path, *, threads: int | None = None, device: Device | str
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     opts.log_severity_level = 3
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning() else "0")
     try:
         return ort.InferenceSession(str(path), sess_options=opts, providers=providers(device, cuda_graph))
     except Exception as exc:  # onnxruntime raises Fail / InvalidProtobuf / NoSuchFile

@@ -136,15 +136,19 @@ class BatchingLM:
 
     def _loop(self) -> None:
         while True:
-            batch = self._next_batch()
-            try:
-                results = self.lm.step_batch([s.token for s in batch], [s.cache for s in batch])
-            except BaseException as exc:  # handed to every request of this step, raised on its own thread
-                results = [exc] * len(batch)
-            self.batch_sizes[len(batch)] += 1
-            for item, result in zip(batch, results):
-                item.result = result
-                item.ready.set()
+            self._run(self._next_batch())
+
+    def _run(self, batch: list[_Step]) -> None:
+        """One batched step. Its own frame, so nothing of the batch outlives it here: a request's last cache must
+        die with the request (it holds the request's slot)."""
+        try:
+            results = self.lm.step_batch([s.token for s in batch], [s.cache for s in batch])
+        except BaseException as exc:  # handed to every request of this step, raised on its own thread
+            results = [exc] * len(batch)
+        self.batch_sizes[len(batch)] += 1
+        for item, result in zip(batch, results):
+            item.result = result
+            item.ready.set()
 
 
 def batching_lm(lm, max_batch: int, export_dir: str | Path | None = None, max_wait_s: float = DEFAULT_MAX_WAIT_S,

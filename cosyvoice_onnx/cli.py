@@ -129,8 +129,13 @@ def _cmd_export(args) -> int:
     from .export.exporter import export_model
 
     check_output_dir(args.out or args.model / "onnx")  # before the export's minutes of work
-    export_model(args.model, args.out, precisions=args.precision, llm_variant=args.llm, parity=not args.no_parity,
-                 progress=lambda msg: print(msg, flush=True))
+    out = export_model(args.model, args.out, precisions=args.precision, llm_variant=args.llm,
+                       parity=not args.no_parity, progress=lambda msg: print(msg, flush=True))
+    if args.batch_decode:
+        from .export.lm import export_batch_decode
+
+        export_batch_decode(args.model, out, args.precision, llm_variant=args.llm,
+                            progress=lambda msg: print(msg, flush=True))
     return 0
 
 
@@ -216,6 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=output_dir, default=None, help="export folder (default: MODEL/onnx)")
     e.add_argument("--llm", default="base", choices=["base", "rl"])
     e.add_argument("--no-parity", action="store_true", help="skip the parity check after export")
+    e.add_argument("--batch-decode", action="store_true",
+                   help="also write the batched LM decode graph that `serve --batch N` runs on ONNX")
     e.set_defaults(func=_cmd_export)
 
     q = sub.add_parser("parity", help="compare PyTorch and ONNX stage by stage from the same seed")

@@ -243,3 +243,58 @@ def test_a_missing_or_foreign_batched_graph_is_refused_by_name(model, tmp_path):
     graph.unlink()
     with pytest.raises(ExportError, match="--batch-decode"):
         CosyVoice(model, backend="onnx", export_dir=export, batch_decode=2)
+
+
+def test_the_server_batches_concurrent_speech_requests(engines, prompt_wav, tmp_path):
+    """The API on a batched engine answers concurrent requests with the audio the plain engine's API gives."""
+    import asyncio
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from cosyvoice_onnx.server.app import ServerSettings, create_app
+
+    plain, batched = engines("torch")
+    lm = batched.stages.lm
+    before = sum(count for size, count in lm.batch_sizes.items() if size > 1)
+
+    async def speak(engine, seeds):
+        settings = ServerSettings(model_id="tiny", voices_dir=tmp_path / "voices", concurrency=4, max_queue=0)
+        transport = httpx.ASGITransport(app=create_app(engine, settings))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            if not (await client.get("/v1/voices")).json()["data"]:
+                res = await client.post("/v1/voices", data={"name": "alice", "transcript": "hello there this is a test"},
+                                        files={"file": ("me.wav", prompt_wav.read_bytes(), "audio/wav")})
+                assert res.status_code == 201, res.text
+            replies = await asyncio.gather(*(client.post("/v1/audio/speech", json={
+                "model": "tiny", "input": "Hello world, this is a tiny test.", "voice": "alice",
+                "response_format": "pcm", "seed": seed, "max_len": 30}) for seed in seeds))
+        assert [r.status_code for r in replies] == [200] * len(seeds), [r.text for r in replies]
+        return [np.frombuffer(r.content, np.int16) for r in replies]
+
+    seeds = [1, 2, 3, 4]
+    solo = [asyncio.run(speak(plain, [seed]))[0] for seed in seeds]
+    together = asyncio.run(speak(batched, seeds))
+    for seed, got, want in zip(seeds, together, solo):
+        assert np.abs(got.astype(int) - want).max(initial=0) <= 1 and len(got) == len(want), f"seed {seed}"
+    assert sum(count for size, count in lm.batch_sizes.items() if size > 1) > before, "no step ran batched"
+    _settled(lm)
+
+
+@pytest.mark.parametrize("argv,concurrency,refused", [
+    (["--batch", "4"], 4, None),
+    (["--batch", "2", "--concurrency", "3"], 3, None),
+    (["--batch", "0"], None, "--batch"),
+    (["--batch", "65"], None, "--batch"),
+])
+def test_serve_batch_option(argv, concurrency, refused):
+    import argparse
+
+    from cosyvoice_onnx.server.command import add_serve_arguments, check_serve_options
+
+    args = add_serve_arguments(argparse.ArgumentParser()).parse_args(["--model", "m", *argv])
+    if refused:
+        with pytest.raises(SystemExit, match=refused):
+            check_serve_options(args)
+        return
+    check_serve_options(args)
+    assert args.concurrency == concurrency

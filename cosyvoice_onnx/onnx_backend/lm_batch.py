@@ -10,7 +10,8 @@ position: the garbage key/value lands where its next real step writes anyway. A 
 a slot, that finds every slot taken, or that reaches the slot capacity continues on a private cache through the
 single-request graphs (OnnxLanguageModel), so nothing is refused for lack of a slot.
 
-Prefill and the batched step hold one lock: the prefill writes into a slot row that the step's binding covers.
+The prefill of a request runs beside the batched steps of the others (on a slot row the steps' binding may
+cover: see `prefill`); slot bookkeeping and the batched run hold one lock.
 CPU only: on CUDA the cache would have to be device memory bound per prefix (not built yet).
 """
 
@@ -130,10 +131,18 @@ class OnnxBatchedLM:
             view = self._views.get(lease.slot)
             if view is None:
                 view = self._views[lease.slot] = _SlotView(self.host, lease.slot, self.cfg.llm.speech_vocab_size)
-            binding = self.base._bind(PREFILL, view)
-            binding.bind_cpu_input("text_ids", text)
-            binding.bind_cpu_input("prompt_speech_ids", prompt)
+            # While the prefill writes positions 0 .. length-1 outside the lock, batched steps running meanwhile
+            # put this row's dummy key/value at the last position, which the prefill never writes.
+            self.lengths[lease.slot] = self.capacity - 1
+        binding = self.base._bind(PREFILL, view)
+        binding.bind_cpu_input("text_ids", text)
+        binding.bind_cpu_input("prompt_speech_ids", prompt)
+        try:
             self.base.sessions[PREFILL].run_with_iobinding(binding)
+        except BaseException:
+            lease.release()
+            raise
+        with self._lock:
             self.lengths[lease.slot] = length
         return view.logits.copy(), SlotCache(lease, length)
 

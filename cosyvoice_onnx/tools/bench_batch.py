@@ -5,7 +5,8 @@ One engine, one run: for each concurrency c, c requests are started at once on c
 another as the sequential reference. Every request decodes exactly `tokens` speech tokens (stop ids masked, so
 random-weight models make the same amount of work for every seed). Two stages are measured: the LM alone
 (`generate_tokens`) and end to end (`synthesize`: LM, flow, vocoder). Figures: requests/s, audio seconds per wall
-second, p50/p95 latency, and the ratios batched/unbatched and batched/sequential. Speed is machine- and
+second, audio seconds per CPU second of this process, p50/p95 latency, and the ratios batched/unbatched and
+batched/sequential. Speed is machine- and
 load-dependent: the ratios of one run are what to compare.
 """
 
@@ -31,6 +32,7 @@ class Figures:
     wall_s: float
     latencies: list[float]
     audio_s: float
+    cpu_s: float        # CPU seconds this process used (all threads): robust to what else the machine runs
 
     @property
     def requests_per_s(self) -> float:
@@ -39,6 +41,10 @@ class Figures:
     @property
     def audio_per_wall(self) -> float:
         return self.audio_s / self.wall_s
+
+    @property
+    def audio_per_cpu(self) -> float:
+        return self.audio_s / self.cpu_s
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q))
@@ -121,8 +127,10 @@ def run(model: Path, backend: str = "onnx:int8", export_dir: Path | None = None,
                 if mode == "sequential" and c == 1:
                     continue  # the same as unbatched at 1
                 engine.stages.lm = batched if mode == "batched" else plain
+                cpu = time.process_time()
                 wall, latencies, audio = (_one_by_one if mode == "sequential" else _together)(fn, c)
-                figures.append(Figures(stage, mode, c, wall, latencies, float(sum(audio))))
+                figures.append(Figures(stage, mode, c, wall, latencies, float(sum(audio)),
+                                       time.process_time() - cpu))
                 progress(format_row(figures[-1]))
     engine.stages.lm = plain
     progress(f"batch sizes run: {dict(sorted(batched.batch_sizes.items()))}")
@@ -131,7 +139,8 @@ def run(model: Path, backend: str = "onnx:int8", export_dir: Path | None = None,
 
 def format_row(f: Figures) -> str:
     return (f"{f.stage:4} c={f.concurrency} {f.mode:10} {f.requests_per_s:6.3f} req/s  {f.audio_per_wall:6.3f} "
-            f"audio s/s  p50 {f.percentile(50):6.2f} s  p95 {f.percentile(95):6.2f} s  (wall {f.wall_s:.1f} s)")
+            f"audio s/s  p50 {f.percentile(50):6.2f} s  p95 {f.percentile(95):6.2f} s  {f.audio_per_cpu:6.3f} audio s "
+            f"per CPU s  (wall {f.wall_s:.1f} s)")
 
 
 def ratios(figures: list[Figures]) -> list[str]:
@@ -143,8 +152,10 @@ def ratios(figures: list[Figures]) -> list[str]:
             continue
         unbatched = by[(stage, "unbatched", c)]
         sequential = by.get((stage, "sequential", c), unbatched if c == 1 else None)
-        line = f"{stage:4} c={c}: batched / unbatched {f.audio_per_wall / unbatched.audio_per_wall:5.2f}x"
+        line = (f"{stage:4} c={c}: batched / unbatched {f.audio_per_wall / unbatched.audio_per_wall:5.2f}x "
+                f"(per CPU s {f.audio_per_cpu / unbatched.audio_per_cpu:5.2f}x)")
         if sequential is not None:
-            line += f", batched / sequential {f.audio_per_wall / sequential.audio_per_wall:5.2f}x"
+            line += (f", batched / sequential {f.audio_per_wall / sequential.audio_per_wall:5.2f}x "
+                     f"(per CPU s {f.audio_per_cpu / sequential.audio_per_cpu:5.2f}x)")
         lines.append(line)
     return lines

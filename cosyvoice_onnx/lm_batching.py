@@ -33,6 +33,9 @@ from .errors import InputError
 # How long the scheduler waits for the other active requests' steps before running a partial batch: about the
 # time a request spends sampling between two steps, far below one step of a real-size model.
 DEFAULT_MAX_WAIT_S = 0.005
+# The scheduler thread ends after this long without steps (and starts again with the next one), so an engine
+# nobody uses any more is not kept alive by its thread.
+IDLE_EXIT_S = 2.0
 # Upper bound of batch_decode: rows in one step (and, on ONNX, cache slots held in memory).
 MAX_BATCH = 64
 
@@ -116,15 +119,19 @@ class BatchingLM:
     # ---------------------------------------------------------------- the scheduler thread
 
     def _start(self) -> None:
+        """Called holding the lock: the scheduler thread, started unless it is running."""
         if self._thread is None:
             # A daemon: it only ever waits for steps, and holds no resource a process exit must release.
             self._thread = threading.Thread(target=self._loop, name="lm-batch", daemon=True)
             self._thread.start()
 
-    def _next_batch(self) -> list[_Step]:
+    def _next_batch(self) -> list[_Step] | None:
+        """The next steps to run together, or None (the thread ends) after IDLE_EXIT_S without any."""
         with self._cond:
             while not self._pending:
-                self._cond.wait()
+                if not self._cond.wait(IDLE_EXIT_S) and not self._pending:
+                    self._thread = None
+                    return None
             deadline = time.monotonic() + self.max_wait_s
             while len(self._pending) < min(self.max_batch, self._active):
                 left = deadline - time.monotonic()
@@ -135,8 +142,9 @@ class BatchingLM:
         return batch
 
     def _loop(self) -> None:
-        while True:
-            self._run(self._next_batch())
+        while (batch := self._next_batch()) is not None:
+            self._run(batch)
+            del batch  # nothing of a finished step may stay referenced while the thread waits
 
     def _run(self, batch: list[_Step]) -> None:
         """One batched step. Its own frame, so nothing of the batch outlives it here: a request's last cache must

@@ -298,3 +298,19 @@ def test_serve_batch_option(argv, concurrency, refused):
         return
     check_serve_options(args)
     assert args.concurrency == concurrency
+
+
+def test_an_idle_scheduler_lets_its_thread_go(engines, monkeypatch):
+    import time
+
+    from cosyvoice_onnx import lm_batching
+
+    plain, batched = engines("torch")
+    monkeypatch.setattr(lm_batching, "IDLE_EXIT_S", 0.05)
+    lm = batched.stages.lm
+    _tokens(batched, 1, 4, 5)
+    deadline = time.monotonic() + 10
+    while lm._thread is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert lm._thread is None
+    assert _tokens(batched, 1, 4, 5) == _tokens(plain, 1, 4, 5)  # and starts again for the next request

@@ -11,6 +11,7 @@ from pathlib import Path
 
 
 from .cli_args import check_output_dir, float_range, int_range, output_dir, output_file, seed
+from .cli_batch import add_batch_command
 from .cli_bench_batch import add_bench_batch_command
 from .cli_convert import add_convert_command
 from .cli_glossary import add_glossary_command
@@ -207,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pronounce_command(sub)
     add_convert_command(sub, PLAN_SYNTAX, DEVICE_HELP)
     add_glossary_command(sub)
+    add_batch_command(sub, PLAN_SYNTAX, DEVICE_HELP)
     add_bench_batch_command(sub, PLAN_SYNTAX)
 
     from .download import MODELS

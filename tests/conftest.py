@@ -1,9 +1,13 @@
 """Shared fixtures: tiny synthetic model folders (CV3 by default, any release on request) and a voice-like prompt
 clip, once per test session."""
 
+import contextlib
 import functools
 import os
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -80,3 +84,66 @@ def free_port():
             s.bind(("127.0.0.1", 0))
             return s.getsockname()[1]
     return find
+
+
+@pytest.fixture(scope="session")
+def serve_process(free_port):
+    """serve_process(args, data_dir, start_s): `cosyvoice-onnx serve ARGS --port P` as its own process, as a
+    context manager giving its base URL once /healthz answers; its log is DATA_DIR/server.log; stopped by its own
+    handle (SIGTERM, then SIGKILL after 60 s)."""
+    @contextlib.contextmanager
+    def run(args: list[str], data_dir, start_s: float = 300):
+        import httpx
+
+        port = free_port()
+        with open(data_dir / "server.log", "wb") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "cosyvoice_onnx", "serve", *args, "--port", str(port)],
+                                    stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+            url = f"http://127.0.0.1:{port}"
+            try:
+                deadline = time.monotonic() + start_s
+                while True:
+                    assert proc.poll() is None, (data_dir / "server.log").read_text(errors="replace")[-3000:]
+                    try:
+                        if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    assert time.monotonic() < deadline, f"the server did not start within {start_s:g} s"
+                    time.sleep(0.5)
+                yield url
+            finally:
+                proc.terminate()
+                try:
+                    proc.wait(60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+    return run
+
+
+@pytest.fixture(scope="session")
+def upload_voice(prompt_wav):
+    """upload_voice(api, name, transcript): the prompt clip saved as voice NAME through the speech API's
+    POST /v1/voices (201 checked); returns the name."""
+    def upload(api, name: str, transcript: str) -> str:
+        res = api.post("/v1/voices", files={"file": ("me.wav", prompt_wav.read_bytes(), "audio/wav")},
+                       data={"name": name, "transcript": transcript})
+        assert res.status_code == 201, res.text
+        assert res.json()["name"] == name
+        return name
+    return upload
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A private two-CPU Ray on this machine for one test module: (ray, its GCS address); shut down afterwards."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'cosyvoice-onnx[ray]')")
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=100 << 20,
+             log_to_driver=False)
+    try:
+        yield ray, ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()

@@ -4,11 +4,7 @@ OpenAI's error shape while the server keeps serving, and many requests at once."
 
 import asyncio
 import io
-import os
-import subprocess
-import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -26,36 +22,12 @@ MAX_LEN = 30
 
 
 @pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory, free_port):
-    """The server process, its base URL and its data folder; stopped by its own handle afterwards."""
+def server(tiny_model_dir, tmp_path_factory, serve_process):
+    """The server process, its base URL and its data folder."""
     data = tmp_path_factory.mktemp("serve-data")
-    port = free_port()
-    log = open(data / "server.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "cosyvoice_onnx", "serve", "--model", str(tiny_model_dir),
-                             "--port", str(port), "--data-dir", str(data), "--api-key", KEY, "--concurrency", "2",
-                             "--max-queue", "32"], stdout=log, stderr=subprocess.STDOUT,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, (data / "server.log").read_text(errors="replace")[-3000:]
-            try:
-                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not start within 300 s"
-            time.sleep(0.5)
+    with serve_process(["--model", str(tiny_model_dir), "--data-dir", str(data), "--api-key", KEY,
+                        "--concurrency", "2", "--max-queue", "32"], data) as url:
         yield url, data
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -66,12 +38,8 @@ def api(server):
 
 
 @pytest.fixture(scope="module")
-def voice(api, prompt_wav):
-    res = api.post("/v1/voices", files={"file": ("me.wav", prompt_wav.read_bytes(), "audio/wav")},
-                   data={"name": VOICE, "transcript": TRANSCRIPT})
-    assert res.status_code == 201, res.text
-    assert res.json()["name"] == VOICE
-    return VOICE
+def voice(api, upload_voice):
+    return upload_voice(api, VOICE, TRANSCRIPT)
 
 
 @pytest.fixture(scope="module")

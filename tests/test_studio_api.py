@@ -1,6 +1,7 @@
 """The studio served on 127.0.0.1 and driven through gradio_client: every tab's endpoint, bad input, restarts."""
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),
               pytest.mark.filterwarnings("ignore:The copy keyword is deprecated")]
 ENDPOINTS = {"/zero_shot", "/instruct", "/mix", "/duration", "/ab", "/model_status", "/download", "/export",
              "/make_tiny_model", "/convert",
-             "/save_voice", "/delete_voice", "/voices", "/history", "/history_clip", "/delete_clip", "/apply_pinyin"}
+             "/save_voice", "/delete_voice", "/voices", "/history", "/history_clip", "/delete_clip", "/replay_clip", "/apply_pinyin"}
 
 
 def launch(model_dir, data_dir, port, **settings):
@@ -522,3 +523,45 @@ def test_a_history_entry_replays_its_clip_bit_exactly(tiny_model_dir, tmp_path, 
     stored, rate = soundfile.read(studio.history.wav_path(clip.id), dtype="int16")
     assert request.join == "crossfade" and request.join_ms == 30 and replayed.plan == clip.backend
     np.testing.assert_array_equal(to_output(replayed.audio, rate)[1], stored)
+
+
+def test_an_uploaded_clip_replays_after_the_upload_voice_and_glossary_change(tiny_model_dir, tmp_path, prompt_wav):
+    """The history keeps the prompt features and the glossary: the upload deleted, a saved voice of the same
+    name overwritten and the glossary edited, "Make again" still gives the clip back sample for sample."""
+    import gradio as gr
+
+    from cosyvoice_onnx.glossary import Glossary, GlossaryEntry, glossary_path
+    from cosyvoice_onnx.studio import Studio, StudioSettings
+
+    studio = Studio(StudioSettings(model_dir=tiny_model_dir, data_dir=tmp_path / "data", stream_player=False))
+    Glossary((GlossaryEntry("Zork", "zorch"),)).save(glossary_path(studio.settings.data_dir))
+    upload = tmp_path / "upload.wav"
+    shutil.copy(prompt_wav, upload)
+    quiet = {"progress": lambda *a, **k: None}
+    list(studio.zero_shot("Zork speaks twice. Zork again.", str(upload), TRANSCRIPT, seed=5, **quiet))
+    studio.instruct("Zork whispers.", "speak softly", str(upload), seed=6, **quiet)
+    studio.mix("A mixed line.", str(upload), TRANSCRIPT, "", str(upload), TRANSCRIPT, "", 0.5, 1, **quiet)
+    mixed, instructed, zero_shot = studio.history.clips()
+    assert zero_shot.prompt_kept and instructed.prompt_kept and not mixed.prompt_kept
+    assert json.loads(zero_shot.glossary)["entries"][0]["term"] == "Zork"
+
+    upload.unlink()
+    Glossary((GlossaryEntry("Zork", "blorp"),)).save(glossary_path(studio.settings.data_dir))
+    for clip in (zero_shot, instructed):
+        again, summary = studio.replay_clip(clip.id, **quiet)
+        stored, _ = sf.read(studio.history.wav_path(clip.id), dtype="int16")
+        np.testing.assert_array_equal(again[1], stored)
+        assert "identical to the stored clip" in summary
+
+    with pytest.raises(gr.Error, match="cannot be made again: only zero-shot, instruct and duration"):
+        studio.replay_clip(mixed.id, **quiet)
+    with pytest.raises(gr.Error, match="no clip 'nope' in the history"):
+        studio.replay_clip("nope", **quiet)
+
+    # Deleting (or pruning) a clip removes the prompt it kept.
+    kept = studio.history.root / "prompts"
+    assert {p.stem for p in kept.glob("*.npz")} == {zero_shot.id, instructed.id}
+    studio.delete_clip(zero_shot.id)
+    studio.history.keep = 1
+    studio.history._prune()
+    assert not list(kept.glob("*.npz")) and not list(kept.glob("*.json"))

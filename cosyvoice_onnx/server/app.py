@@ -71,9 +71,10 @@ def _body_limit(path: str) -> int:
     return MAX_UPLOAD_BYTES + MULTIPART_SLACK if path.rstrip("/").endswith("/v1/voices") else MAX_JSON_BYTES
 
 
-def create_app(engine, settings: ServerSettings) -> FastAPI:
-    """The API over a loaded `CosyVoice` engine; the studio can be mounted on it afterwards (`/studio`)."""
-    pool = SynthesisPool(settings.concurrency, settings.max_queue)
+def create_app(engine, settings: ServerSettings, pool: SynthesisPool | None = None) -> FastAPI:
+    """The API over a loaded `CosyVoice` engine; the studio can be mounted on it afterwards (`/studio`).
+    `pool`: where requests run (default: a SynthesisPool of `settings.concurrency` threads on this engine)."""
+    pool = pool or SynthesisPool(settings.concurrency, settings.max_queue)
     store: VoiceStore = engine.voice_store(settings.voices_dir)
 
     @asynccontextmanager

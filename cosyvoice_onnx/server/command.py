@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..lm_batching import MAX_BATCH
 from ..request import DEFAULT_MAX_SECONDS
+from ..scale.options import add_ray_options, check_ray_options
 from ..studio.options import LOCAL_HOSTS  # the studio's rule for what counts as this machine only
 
 
@@ -34,6 +35,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--voices-dir", type=Path, default=None,
                    help="saved voices (default DATA_DIR/voices, the studio's own)")
     p.add_argument("--no-studio", action="store_true", help="serve the API only, without the studio at /studio")
+    add_ray_options(p, "replica", "replicas", "synthesize on engine replicas on Ray Serve (no studio then)",
+                    "engine replicas (default 1); --concurrency is then per replica")
     return p
 
 
@@ -46,12 +49,18 @@ def check_serve_options(args: argparse.Namespace) -> None:
         raise SystemExit("error: --concurrency must be at least 1 and --max-queue at least 0")
     if not 1 <= args.batch <= MAX_BATCH:
         raise SystemExit(f"error: --batch must be in 1 .. {MAX_BATCH}")
+    if args.batch > 1 and getattr(args, "ray", None) is not None:
+        raise SystemExit("error: --batch does not reach Ray Serve replicas yet (they decode unbatched); "
+                         "leave out --batch or --ray")
     # Batching needs the requests to decode at the same time: one worker per row.
     args.concurrency = max(args.concurrency, args.batch)
     if not 0 < args.max_seconds < float("inf"):
         raise SystemExit("error: --max-seconds must be a positive number")
     if not 0 <= args.port <= 65535:
         raise SystemExit("error: --port must be in 0 .. 65535")
+    check_ray_options(args, "replica", "replicas")
+    if args.ray is not None and args.replicas is None:
+        args.replicas = 1
 
 
 def build_server(args: argparse.Namespace):
@@ -102,6 +111,8 @@ def mount_studio(app, engine, args: argparse.Namespace) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     check_serve_options(args)
+    if args.ray is not None:
+        return _serve_on_ray(args)
     import uvicorn
 
     app = build_server(args)
@@ -111,4 +122,19 @@ def serve(args: argparse.Namespace) -> int:
     print(f"CosyVoice speech API on {where}/v1/audio/speech{studio} ({args.concurrency} at once, "
           f"{args.max_queue} may wait{batch})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
+def _serve_on_ray(args: argparse.Namespace) -> int:
+    """The same API in this process; synthesis on Ray Serve replicas, deleted again when the server stops."""
+    from ..scale.serve_ray import ray_server
+
+    with ray_server(args) as app:
+        import uvicorn
+
+        where = f"http://{args.host}:{args.port}"
+        print(f"CosyVoice speech API on {where}/v1/audio/speech: {args.replicas} replica(s) on Ray "
+              f"({args.ray}), {args.concurrency} at once each, {args.max_queue} may wait; no studio in this mode",
+              file=sys.stderr, flush=True)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

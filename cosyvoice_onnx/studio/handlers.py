@@ -19,6 +19,7 @@ from pathlib import Path
 
 import gradio as gr
 import numpy as np
+import soundfile
 
 from ..releases import detect_version
 from ..request import MAX_SEED, SynthesisRequest, SynthesisResult, check_text
@@ -118,6 +119,12 @@ def backend_spec(backend: str, precision: str = "fp32", stages: str = "", device
                         device)
 
 
+def _same_as_stored(samples: np.ndarray, wav_path: Path) -> bool:
+    """Whether int16 samples equal a history WAV (which holds exactly the int16 the player got)."""
+    stored, _ = soundfile.read(wav_path, dtype="int16")
+    return stored.shape == samples.shape and bool(np.array_equal(stored, samples))
+
+
 def random_seed() -> int:
     # Kept below 2**31: the page's number box is a JavaScript double, exact only up to 2**53.
     return random.randint(0, 2**31 - 1)
@@ -205,11 +212,15 @@ class Studio:
         return result, request, time.perf_counter() - start
 
     def _keep(self, audio, rate, mode: str, text: str, plan: ExecutionPlan, seed: int, voice: str, extra: str = "",
-              result: SynthesisResult | None = None, request: SynthesisRequest | None = None, saved_voice: str = ""):
-        """A history entry; with the result and request it also stores what replays the clip exactly."""
+              result: SynthesisResult | None = None, request: SynthesisRequest | None = None, saved_voice: str = "",
+              model: Path | None = None):
+        """A history entry; with the result and request it also stores what replays the clip exactly: the
+        prompt features, the controls, the resolved sampler, the model folder and the glossary in force."""
         replay = {}
         if result is not None and request is not None:
-            replay = {"sampler": result.sampler, "voice_name": saved_voice, "controls": request.controls()}
+            replay = {"sampler": result.sampler, "voice_name": saved_voice, "controls": request.controls(),
+                      "prompt": request.voice, "model": str(model) if model else None,
+                      "glossary": request.glossary.to_json() if request.glossary else ""}
         clip = self.history.add(audio, rate, mode=mode, text=text, backend=str(plan), seed=seed, voice=voice,
                                 extra=extra, **replay)
         release_freed_memory()   # the request's temporaries are gone by now
@@ -245,7 +256,7 @@ class Studio:
                                                             join=join, join_ms=float(join_ms))
                 audio, mode = result.audio, result.mode.replace("_", "-")
                 self._keep(audio, engine.sample_rate, mode, text, spec, seed, label, result=result, request=request,
-                           saved_voice=saved_voice)
+                           saved_voice=saved_voice, model=model)
                 yield None, to_output(audio, engine.sample_rate), self._summary(
                     mode, len(audio) / engine.sample_rate, elapsed, spec, seed, label, result.info)
                 return
@@ -266,7 +277,7 @@ class Studio:
                 raise InputError("the model produced no speech for this text; try another seed or text")
             audio, mode = np.concatenate(chunks), stream_chunks.result.mode.replace("_", "-")
             self._keep(audio, engine.sample_rate, mode + " (stream)", text, spec, seed, label,
-                       result=stream_chunks.result, request=request, saved_voice=saved_voice)
+                       result=stream_chunks.result, request=request, saved_voice=saved_voice, model=model)
             yield None, to_output(audio, engine.sample_rate), self._summary(
                 mode + " (streamed)", len(audio) / engine.sample_rate, time.perf_counter() - start, spec, seed,
                 label, extra=f"{len(chunks)} chunks, first audio after {first:.2f} s")
@@ -286,7 +297,7 @@ class Studio:
                                                         seed=seed, join=join, join_ms=float(join_ms))
             audio, info = result.audio, result.info
             self._keep(audio, engine.sample_rate, "instruct", text, spec, seed, label, extra=instruction,
-                       result=result, request=request, saved_voice=saved_voice)
+                       result=result, request=request, saved_voice=saved_voice, model=model)
             return to_output(audio, engine.sample_rate), self._summary(
                 "instruct", len(audio) / engine.sample_rate, elapsed, spec, seed, label, info,
                 extra=f"instruction: {instruction}")
@@ -338,7 +349,7 @@ class Studio:
                      else f"speed ×{float(speed):.2f}")
             outcome = f"{asked} → achieved **{achieved:.3f} s** (natural length ≈ {info.estimated_seconds:.2f} s)"
             self._keep(audio, engine.sample_rate, "duration", text, spec, seed, label, extra=asked, result=result,
-                       request=request, saved_voice=saved_voice)
+                       request=request, saved_voice=saved_voice, model=model)
             return to_output(audio, engine.sample_rate), achieved, self._summary(
                 "duration", achieved, elapsed, spec, seed, label, info, extra=outcome)
 
@@ -469,18 +480,46 @@ class Studio:
         return path, path
 
     def replay_request(self, clip_id: str) -> tuple[ExecutionPlan, SynthesisRequest]:
-        """The plan and request that make a history clip again, bit for bit (clips made with a saved voice)."""
+        """The plan and request that make a history clip again, bit for bit."""
         clip = self.history.get((clip_id or "").strip())
         if clip is None:
             raise InputError(f"no clip {clip_id!r} in the history")
-        if not clip.voice_name or not clip.sampler:
-            raise InputError(f"clip {clip.id} was made from an uploaded clip; only clips of saved voices replay")
+        if not clip.sampler:
+            raise InputError(f"clip {clip.id} ({clip.mode}) cannot be made again: only zero-shot, instruct and "
+                             "duration clips keep what a replay needs")
+        voice = self.history.prompt(clip)
+        if voice is None:
+            if not clip.voice_name:
+                raise InputError(f"clip {clip.id} was made from an uploaded clip before the history kept prompts; "
+                                 "it cannot be made again")
+            # Entries written before prompts were kept name the saved voice instead.
+            voice = VoiceStore(self.settings.voices_dir).load(clip.voice_name)
         controls = dict(clip.controls)
         decode_options = controls.pop("decode_options", {})
-        voice = VoiceStore(self.settings.voices_dir).load(clip.voice_name)
-        return ExecutionPlan.parse(clip.backend), SynthesisRequest(
-            text=clip.text, voice=voice, seed=clip.seed, decode_options=decode_options, glossary=self.glossary(),
+        glossary = self.glossary() if clip.glossary is None else (
+            Glossary.from_json(clip.glossary, f"clip {clip.id}'s glossary") if clip.glossary else None)
+        return checked_spec(clip.backend, f"clip {clip.id}'s backend"), SynthesisRequest(
+            text=clip.text, voice=voice, seed=clip.seed, decode_options=decode_options, glossary=glossary,
             **{**controls, "sampler": clip.sampler})
+
+    @user_errors
+    def replay_clip(self, clip_id: str, progress=gr.Progress()) -> tuple[str, str]:
+        """Makes a history clip again from what it stored; the summary says whether it matched bit for bit."""
+        plan, request = self.replay_request(clip_id)
+        clip = self.history.get(clip_id.strip())
+        model = self.model_folder(clip.model or "")
+        progress(0, desc="loading the model")
+        with self.cache.use(model, plan) as engine:
+            start = time.perf_counter()
+            result = engine.synthesize(request, on_event=_progress_callback(progress))
+            elapsed = time.perf_counter() - start
+        output = to_output(result.audio, engine.sample_rate)
+        same = _same_as_stored(output[1], self.history.wav_path(clip.id))
+        verdict = ("identical to the stored clip, sample for sample" if same else
+                   "differs from the stored clip (another model folder, or a backend that is not deterministic "
+                   "on this machine)")
+        return output, self._summary(f"{clip.mode} again", len(result.audio) / engine.sample_rate, elapsed, plan,
+                                     clip.seed, clip.voice, extra=f"replay of {clip.id}: {verdict}")
 
     @user_errors
     def delete_clip(self, clip_id: str) -> str:

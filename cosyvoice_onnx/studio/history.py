@@ -1,4 +1,9 @@
-"""Generated clips on disk (WAV + JSON side file), listed newest first, kept across restarts."""
+"""Generated clips on disk (WAV + JSON side file), listed newest first, kept across restarts.
+
+A clip that can be made again also keeps the prompt features it was made from (`prompts/<id>.npz|json`, the
+saved-voice format, never pickled) and the glossary text, so neither a deleted upload nor a later edit of a
+saved voice or of the glossary changes what a replay produces.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import write_wav
+from ..errors import InputError
+from ..frontend import PromptFeatures
+from ..voices import VoiceStore
 
 DEFAULT_KEEP = 200
 
@@ -32,6 +40,11 @@ class Clip:
     sampler: str = ""
     voice_name: str = ""
     controls: dict = field(default_factory=dict)
+    # The model folder and the glossary JSON ("" = none) the clip was made with; None in entries written before
+    # they were recorded, which replay with the studio's current model and glossary.
+    model: str | None = None
+    glossary: str | None = None
+    prompt_kept: bool = False
 
 
 class History:
@@ -45,13 +58,16 @@ class History:
 
     def add(self, audio: np.ndarray, rate: int, *, mode: str, text: str, backend: str, seed: int,
             voice: str = "", extra: str = "", sampler: str = "", voice_name: str = "",
-            controls: dict | None = None) -> Clip:
+            controls: dict | None = None, model: str | None = None, glossary: str | None = None,
+            prompt: PromptFeatures | None = None) -> Clip:
         created = time.time()
         # Time first so names sort by age; the random part keeps two clips in one second apart.
         clip_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(created)) + "-" + secrets.token_hex(3)
         clip = Clip(clip_id, created, mode, text, round(len(audio) / rate, 3), backend, int(seed), voice, extra,
-                    sampler, voice_name, dict(controls or {}))
+                    sampler, voice_name, dict(controls or {}), model, glossary, prompt is not None)
         with self._lock:
+            if prompt is not None:
+                self._prompts.save(clip_id, prompt, overwrite=True)
             write_wav(self.root / f"{clip_id}.wav", audio, rate)
             tmp = self.root / f"{clip_id}.json.tmp"
             tmp.write_text(json.dumps(asdict(clip), ensure_ascii=False), encoding="utf-8")
@@ -73,6 +89,22 @@ class History:
     def wav_path(self, clip_id: str) -> Path:
         return self.root / f"{Path(clip_id).name}.wav"
 
+    @property
+    def _prompts(self) -> VoiceStore:
+        return VoiceStore(self.root / "prompts")
+
+    def prompt(self, clip: Clip) -> PromptFeatures | None:
+        """The prompt features a clip was made from, when it kept them."""
+        return self._prompts.load(clip.id) if clip.prompt_kept else None
+
+    def _remove(self, clip_id: str) -> None:
+        self.wav_path(clip_id).unlink(missing_ok=True)
+        (self.root / f"{clip_id}.json").unlink(missing_ok=True)
+        try:
+            self._prompts.delete(clip_id)
+        except InputError:
+            pass  # the clip kept no prompt
+
     def get(self, clip_id: str) -> Clip | None:
         return next((c for c in self.clips() if c.id == clip_id), None)
 
@@ -81,11 +113,9 @@ class History:
         if clip is None:
             return False
         with self._lock:
-            self.wav_path(clip.id).unlink(missing_ok=True)
-            (self.root / f"{clip.id}.json").unlink(missing_ok=True)
+            self._remove(clip.id)
         return True
 
     def _prune(self) -> None:
         for clip in self.clips()[self.keep:]:
-            self.wav_path(clip.id).unlink(missing_ok=True)
-            (self.root / f"{clip.id}.json").unlink(missing_ok=True)
+            self._remove(clip.id)

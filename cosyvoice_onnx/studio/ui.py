@@ -6,7 +6,7 @@ import gradio as gr
 
 from .handlers import Studio
 from .media import MAX_UPLOAD_BYTES
-from .tabs import ab, convert, duration, glossary, history, instruct, mix, models, zero_shot
+from .tabs import ab, batch, convert, duration, glossary, history, instruct, mix, models, zero_shot
 from .tabs.common import PRIVATE, Shared, build_header, build_text_panel, build_voice_panel, wire_voice_panel
 
 TITLE = "CosyVoice ONNX Studio"
@@ -45,6 +45,8 @@ def build_app(studio: Studio) -> gr.Blocks:
                 generated.append(ab.build(studio, shared))
             with gr.Tab("Voice conversion", id="vc"):
                 generated.append(convert.build(studio, shared))
+            with gr.Tab("Batch", id="batch"):
+                batch.build(studio, shared)
             with gr.Tab("Glossary", id="glossary"):
                 glossary_admin, glossary_table = glossary.build(studio, shared)
             with gr.Tab("Models", id="models"):
@@ -65,5 +67,6 @@ def build_app(studio: Studio) -> gr.Blocks:
 
 def launch_options(studio: Studio) -> dict:
     """Keyword arguments for demo.launch() that every entry point needs."""
-    return {"show_error": True, "allowed_paths": [str(studio.history.root)], "max_file_size": MAX_UPLOAD_BYTES,
-            "css": CSS, "theme": THEME}
+    allowed = [str(studio.history.root), str(studio.settings.data_dir / "batch")]   # clips; batch items and ZIPs
+    return {"show_error": True, "allowed_paths": allowed, "max_file_size": MAX_UPLOAD_BYTES, "css": CSS,
+            "theme": THEME}

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from .cli_args import check_output_dir, float_range, int_range, output_dir, output_file, seed
 from .cli_batch import add_batch_command
+from .cli_bench_batch import add_bench_batch_command
 from .cli_convert import add_convert_command
 from .cli_glossary import add_glossary_command
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
@@ -130,8 +131,13 @@ def _cmd_export(args) -> int:
     from .export.exporter import export_model
 
     check_output_dir(args.out or args.model / "onnx")  # before the export's minutes of work
-    export_model(args.model, args.out, precisions=args.precision, llm_variant=args.llm, parity=not args.no_parity,
-                 progress=lambda msg: print(msg, flush=True))
+    out = export_model(args.model, args.out, precisions=args.precision, llm_variant=args.llm,
+                       parity=not args.no_parity, progress=lambda msg: print(msg, flush=True))
+    if args.batch_decode:
+        from .export.lm import export_batch_decode
+
+        export_batch_decode(args.model, out, args.precision, llm_variant=args.llm,
+                            progress=lambda msg: print(msg, flush=True))
     return 0
 
 
@@ -203,6 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_command(sub, PLAN_SYNTAX, DEVICE_HELP)
     add_glossary_command(sub)
     add_batch_command(sub, PLAN_SYNTAX, DEVICE_HELP)
+    add_bench_batch_command(sub, PLAN_SYNTAX)
 
     from .download import MODELS
 
@@ -218,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=output_dir, default=None, help="export folder (default: MODEL/onnx)")
     e.add_argument("--llm", default="base", choices=["base", "rl"])
     e.add_argument("--no-parity", action="store_true", help="skip the parity check after export")
+    e.add_argument("--batch-decode", action="store_true",
+                   help="also write the batched LM decode graph that `serve --batch N` runs on ONNX")
     e.set_defaults(func=_cmd_export)
 
     q = sub.add_parser("parity", help="compare PyTorch and ONNX stage by stage from the same seed")

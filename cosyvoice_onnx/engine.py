@@ -43,15 +43,16 @@ class CosyVoice:
 
     def __init__(self, model_dir: str | Path, backend: str | dict | ExecutionPlan | None = "torch",
                  device: str | Device | None = "auto", llm_variant: str = "base",
-                 export_dir: str | Path | None = None):
+                 export_dir: str | Path | None = None, batch_decode: int | None = None):
         """`backend`: an ExecutionPlan or its spec (plan.py: `torch`, `onnx:int8`, `lm=onnx:int8,flow=torch,...`);
         `device` (auto, cpu, cuda[:N]) applies to the stages whose spec names none; `auto` becomes a GPU where the
-        stage's backend sees one, else the CPU, so `self.plan` names concrete devices.
+        stage's backend sees one, else the CPU, so `self.plan` names concrete devices. `batch_decode=N` (N > 1)
+        runs the LM decode steps of up to N concurrent requests as one batch (lm_batching.py); off by default.
 
         A failed load raises a fresh error of the same type that holds no traceback into the half-built engine, so a
         caller that keeps the error (a server showing its last errors) does not keep the stages it loaded."""
         try:
-            self._load(model_dir, backend, device, llm_variant, export_dir)
+            self._load(model_dir, backend, device, llm_variant, export_dir, batch_decode)
             return
         except CosyVoiceError as exc:
             failure = (type(exc), str(exc))
@@ -59,7 +60,7 @@ class CosyVoice:
         gc.collect()
         raise failure[0](failure[1])
 
-    def _load(self, model_dir, backend, device, llm_variant: str, export_dir) -> None:
+    def _load(self, model_dir, backend, device, llm_variant: str, export_dir, batch_decode: int | None) -> None:
         self.plan = ExecutionPlan.parse(backend, device=device).resolved()
         self.files = inspect_model_dir(model_dir, llm_variant)
         self.cfg = self.files.config
@@ -67,6 +68,11 @@ class CosyVoice:
         self.tokenizer = TextTokenizer.from_dir(self.files.qwen_dir, self.cfg.tokenizer_version)
         self.frontend = Frontend(self.cfg, self.tokenizer, self.files.speech_tokenizer, self.files.campplus)
         self.stages: Stages = load_stages(self.files, self.plan, export_dir)
+        if batch_decode is not None and int(batch_decode) != 1:
+            from .lm_batching import batching_lm
+            from .onnx_backend.loader import default_export_dir
+
+            self.stages.lm = batching_lm(self.stages.lm, int(batch_decode), export_dir or default_export_dir(self.files))
         self.token2wav = Token2Wav(self.cfg, self.stages.flow, self.stages.vocoder, self.stages.flow_noise,
                                    hift_noise_source(self.cfg))
         self.end_of_prompt_id = self.tokenizer.token_to_id(END_OF_PROMPT)

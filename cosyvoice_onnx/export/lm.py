@@ -18,7 +18,7 @@ from ..config import ModelConfig
 from ..onnx_backend.lm import DECODE, PREFILL, graph_path
 from ..plan import EXPORT_PRECISIONS
 from ..torch_backend.llm import CosyVoice3LM
-from .lm_graph import MAX_POSITIONS, build_decode, build_prefill
+from .lm_graph import MAX_POSITIONS, build_decode, build_decode_batch, build_prefill
 
 # Protobuf cannot hold 2 GiB; the real prefill graph is ~2.0 GB, so switch to one `.onnx.data` file well before.
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -125,3 +125,56 @@ def export_lm(module: CosyVoice3LM, cfg: ModelConfig, out_dir: Path, precision: 
         sources = fp32_paths or _export_fp32(lm, Path(scratch), max_positions)
         return [CONVERTERS[precision][base](fp32, graph_path(out_dir, base, precision))
                 for base, fp32 in zip((PREFILL, DECODE), sources)]
+
+
+def export_lm_batch(module: CosyVoice3LM, out_dir: Path, precisions: Sequence[str], source_sha256: str,
+                    max_positions: int = MAX_POSITIONS) -> list[Path]:
+    """Writes the optional batched decode graph (`lm_decode_batch[.int8|.fp16].onnx`) per precision.
+
+    It is a separate file beside the export, never listed in the manifest, so an export without it stays
+    byte-identical; `source_sha256` (the LM checkpoint's, as the manifest records it) goes into its metadata so
+    a batched graph left over from other weights is refused when loaded (onnx_backend/lm_batch.py).
+    """
+    from ..onnx_backend.lm_batch import SOURCE_KEY, batch_graph_name
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = build_decode_batch(module.eval(), max_positions)
+    helper.set_model_props(model, {**{p.key: p.value for p in model.metadata_props}, SOURCE_KEY: source_sha256})
+    written = []
+    with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
+        fp32 = save_graph(model, Path(scratch) / batch_graph_name("fp32"))
+        del model
+        for precision in precisions:
+            target = out_dir / batch_graph_name(precision)
+            if precision == "fp32":
+                written.append(save_graph(onnx.load(str(fp32)), target))
+            else:
+                # The batched step's MatMuls see a few rows, like the single decode's one: its int8 scheme fits.
+                written.append(CONVERTERS[precision][DECODE](fp32, target))
+    return written
+
+
+def export_batch_decode(model_dir: Path, out_dir: Path | None = None, precisions: str | Sequence[str] = "fp32",
+                        llm_variant: str = "base", progress=print) -> list[Path]:
+    """`cosyvoice-onnx export --batch-decode`: the batched decode graphs of a model folder into its export
+    folder (default MODEL/onnx), whose manifest must already name the same LM checkpoint."""
+    import torch
+
+    from ..errors import ExportError
+    from ..manifest import read_manifest
+    from ..model_files import inspect_model_dir
+    from ..onnx_backend.loader import default_export_dir
+    from ..plan import parse_precisions
+    from ..torch_backend.loader import load_module
+
+    files = inspect_model_dir(model_dir, llm_variant)
+    out = Path(out_dir) if out_dir else default_export_dir(files)
+    source = read_manifest(out).get("sources", {}).get("llm", {}).get("sha256")
+    if not source:
+        raise ExportError(f"{out}: its manifest records no LM checkpoint; run `cosyvoice-onnx export` first")
+    torch.set_grad_enabled(False)
+    progress(f"[lm batch] exporting the batched decode graph at {', '.join(parse_precisions(precisions))}")
+    paths = export_lm_batch(load_module(files, "lm"), out, parse_precisions(precisions), source)
+    progress(f"[lm batch] wrote {', '.join(p.name for p in paths)}")
+    return paths

@@ -18,6 +18,9 @@ prefill: text_ids int64 [n], prompt_speech_ids int64 [p] (p may be 0), cache buf
          fills positions 0 .. 1 + n + 1 + p - 1.
 decode:  token_id int64 [1], seqlens_k int32 [1] (= the new token's position, the cached length),
          total_sequence_length int32 [] (= seqlens_k + 1), cache buffers -> logits float32 [V].
+decode_batch (optional, for batching concurrent requests, lm_batching.py): token_ids int64 [B], seqlens_k int32
+         [B] (each row's own cached length), total_sequence_length int32 [] (= max(seqlens_k) + 1), cache buffers
+         [B, kv_heads, capacity, head_dim] (row b is one request's slot) -> logits float32 [B, V].
 """
 
 from __future__ import annotations
@@ -124,19 +127,22 @@ def _decoder(g: _GraphBuilder, lm: CosyVoice3LM, embeds: str, seqlens_k: str, to
     return normed
 
 
-def _logits(g: _GraphBuilder, lm: CosyVoice3LM, last_hidden: str) -> str:
-    """llm_decoder over one hidden state [1, H] or [1, 1, H] -> the `logits` output [V]."""
+def _logits(g: _GraphBuilder, lm: CosyVoice3LM, last_hidden: str, shape: tuple[int, ...] = (-1,)) -> str:
+    """llm_decoder over one hidden state [1, H] or [1, 1, H] -> the `logits` output [V] (or rows [B, 1, H] ->
+    [B, V] with shape (-1, V))."""
     decoder = lm.llm_decoder
     bias = None if decoder.bias is None else _np(decoder.bias)
     scores = _linear(g, last_hidden, _np(decoder.weight), bias, "llm_decoder")
-    g.node("Reshape", [scores, g.weight("flat_shape", np.array([-1], dtype=np.int64))], "logits/flatten", ["logits"])
+    # The single-request graphs keep their initializer name, so their files stay byte-identical.
+    name = "flat_shape" if shape == (-1,) else "logits_shape"
+    g.node("Reshape", [scores, g.weight(name, np.array(shape, dtype=np.int64))], "logits/flatten", ["logits"])
     return "logits"
 
 
-def _cache_io(lm: CosyVoice3LM, way: str) -> list:
+def _cache_io(lm: CosyVoice3LM, way: str, batch: int | str = 1) -> list:
     """The cache buffers of every layer as graph inputs (way "past") or outputs ("present")."""
     c = lm.cfg
-    dims = [1, c.num_kv_heads, "capacity", c.head_dim]
+    dims = [batch, c.num_kv_heads, "capacity", c.head_dim]
     return [helper.make_tensor_value_info(cache_name(way, kind, i), TensorProto.FLOAT, dims)
             for i in range(c.num_layers) for kind in CACHE_KINDS]
 
@@ -189,3 +195,24 @@ def build_decode(lm: CosyVoice3LM, max_positions: int = MAX_POSITIONS) -> onnx.M
               helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])] + _cache_io(lm, "past")
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [c.speech_vocab_size])]
     return _model(g, "lm_decode", inputs, outputs + _cache_io(lm, "present"), max_positions)
+
+
+def build_decode_batch(lm: CosyVoice3LM, max_positions: int = MAX_POSITIONS) -> onnx.ModelProto:
+    """One speech token for each of B requests, row b at its own position seqlens_k[b] in its own cache row.
+
+    GroupQueryAttention reads each row's length from seqlens_k, so rows of different lengths share one call and
+    every row's attention is the one it would get alone; only the MatMuls see B rows at once (the gain).
+    """
+    c = lm.cfg
+    g = _GraphBuilder()
+    rows = g.one("Gather", [g.weight("speech_embedding", _np(lm.speech_embedding.weight)), "token_ids"],
+                 "embed/tokens")
+    embeds = g.one("Unsqueeze", [rows, g.weight("axis1", np.array([1], dtype=np.int64))], "embed/sequence")
+    hidden = _decoder(g, lm, embeds, "seqlens_k", "total_sequence_length", max_positions)
+    _logits(g, lm, hidden, (-1, c.speech_vocab_size))
+    inputs = [helper.make_tensor_value_info("token_ids", TensorProto.INT64, ["batch"]),
+              helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+              helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, [])]
+    inputs += _cache_io(lm, "past", "batch")
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", c.speech_vocab_size])]
+    return _model(g, "lm_decode_batch", inputs, outputs + _cache_io(lm, "present", "batch"), max_positions)

@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..lm_batching import MAX_BATCH
 from ..request import DEFAULT_MAX_SECONDS
 from ..scale.options import add_ray_options, check_ray_options
 from ..studio.options import LOCAL_HOSTS  # the studio's rule for what counts as this machine only
@@ -23,6 +24,9 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="require this key ('Authorization: Bearer KEY'); default $COSYVOICE_API_KEY")
     p.add_argument("--insecure", action="store_true", help="allow a non-local --host without --api-key")
     p.add_argument("--concurrency", type=int, default=1, metavar="N", help="requests synthesized at once (default 1)")
+    p.add_argument("--batch", type=int, default=1, metavar="N",
+                   help="run the LM decode steps of up to N concurrent requests as one batch (default 1: off; "
+                        "raises --concurrency to N; an ONNX LM needs `export --batch-decode`)")
     p.add_argument("--max-queue", type=int, default=16, metavar="N",
                    help="requests that may wait; more get HTTP 429 (default 16)")
     p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
@@ -43,6 +47,13 @@ def check_serve_options(args: argparse.Namespace) -> None:
                          "it; add --api-key KEY, or --insecure if that is really intended")
     if args.concurrency < 1 or args.max_queue < 0:
         raise SystemExit("error: --concurrency must be at least 1 and --max-queue at least 0")
+    if not 1 <= args.batch <= MAX_BATCH:
+        raise SystemExit(f"error: --batch must be in 1 .. {MAX_BATCH}")
+    if args.batch > 1 and getattr(args, "ray", None) is not None:
+        raise SystemExit("error: --batch does not reach Ray Serve replicas yet (they decode unbatched); "
+                         "leave out --batch or --ray")
+    # Batching needs the requests to decode at the same time: one worker per row.
+    args.concurrency = max(args.concurrency, args.batch)
     if not 0 < args.max_seconds < float("inf"):
         raise SystemExit("error: --max-seconds must be a positive number")
     if not 0 <= args.port <= 65535:
@@ -57,7 +68,7 @@ def build_server(args: argparse.Namespace):
     from ..engine import CosyVoice
     from .app import ServerSettings, create_app
 
-    engine = CosyVoice(args.model, backend=args.backend, device=args.device)
+    engine = CosyVoice(args.model, backend=args.backend, device=args.device, batch_decode=args.batch)
     voices_dir = (args.voices_dir or args.data_dir / "voices").expanduser().resolve()
     settings = ServerSettings(model_id=Path(args.model).resolve().name, voices_dir=voices_dir,
                               api_key=args.api_key or None, concurrency=args.concurrency, max_queue=args.max_queue,
@@ -107,8 +118,9 @@ def serve(args: argparse.Namespace) -> int:
     app = build_server(args)
     where = f"http://{args.host}:{args.port}"
     studio = "" if args.no_studio else f", studio at {where}/studio"
+    batch = f", LM decode batched {args.batch} at a time" if args.batch > 1 else ""
     print(f"CosyVoice speech API on {where}/v1/audio/speech{studio} ({args.concurrency} at once, "
-          f"{args.max_queue} may wait)", file=sys.stderr, flush=True)
+          f"{args.max_queue} may wait{batch})", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0
 

@@ -3,8 +3,10 @@
 The engine keeps no per-request state, so requests run side by side on it up to `concurrency`; up to
 `max_queue` more wait, and beyond that a request is refused at once (HTTP 429) instead of piling up.
 
-This is the seam for batching across requests or for replicas (e.g. Ray Serve): a replacement only needs
-`run(fn)` (one call, awaited) and `stream(start)` (chunks as an async iterator) with the same refusal.
+Batching across requests happens below the pool, in the engine's LM stage (`serve --batch N`, lm_batching.py):
+the pool's workers are the requests that decode together, so it runs at least N of them at once.
+This is the seam for replicas (e.g. Ray Serve): a replacement only needs `run(fn)` (one call, awaited) and
+`stream(start)` (chunks as an async iterator) with the same refusal.
 """
 
 from __future__ import annotations

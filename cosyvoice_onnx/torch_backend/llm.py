@@ -58,13 +58,26 @@ class Qwen2Attention(nn.Module):
         """Without `write_index` the new keys/values are appended to past_k/past_v (a new tensor). With it,
         past_k/past_v are preallocated buffers: the new positions are written in place at `write_index` and
         attention reads the first mask.shape[-1] positions of the buffers."""
+        out, keys, values = self.attend(*self.project(x), cos, sin, past_k, past_v, mask, write_index)
+        return self.o_proj(out), keys, values
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q [B, heads, L, head_dim], k and v [B, kv_heads, L, head_dim] before RoPE."""
         batch, length, _ = x.shape
         q = self.q_proj(x).view(batch, length, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(batch, length, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               past_k: torch.Tensor, past_v: torch.Tensor, mask: torch.Tensor,
+               write_index: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """RoPE, the cache and attention of projected q/k/v -> (attended [B, L, heads * head_dim] before o_proj,
+        keys, values)."""
+        batch, _, length, _ = q.shape
         # RoPE in float32 (the tables are float32), back to the weights' dtype: a no-op in fp32.
-        q = (q * cos + rotate_half(q) * sin).to(x.dtype)
-        k = (k * cos + rotate_half(k) * sin).to(x.dtype)
+        q = (q * cos + rotate_half(q) * sin).to(v.dtype)
+        k = (k * cos + rotate_half(k) * sin).to(v.dtype)
         if write_index is None:
             keys = torch.cat((past_k, k), dim=2)
             values = torch.cat((past_v, v), dim=2)
@@ -74,8 +87,7 @@ class Qwen2Attention(nn.Module):
             keys, values = past_k[:, :, :mask.shape[-1]], past_v[:, :, :mask.shape[-1]]
         out = F.scaled_dot_product_attention(q, self._share_kv(keys), self._share_kv(values), attn_mask=mask,
                                              scale=self.head_dim ** -0.5)
-        out = out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim)
-        return self.o_proj(out), keys, values
+        return out.transpose(1, 2).reshape(batch, length, self.num_heads * self.head_dim), keys, values
 
     def _share_kv(self, x: torch.Tensor) -> torch.Tensor:
         """GQA: query head h reads kv head h // group (expand+reshape, which every exporter understands)."""
@@ -109,6 +121,21 @@ class Qwen2DecoderLayer(nn.Module):
         x = x + attended
         x = x + self.mlp(self.post_attention_layernorm(x))
         return x, keys, values
+
+    def forward_rows(self, x: torch.Tensor, rows: list[tuple]) -> tuple[torch.Tensor, list[tuple]]:
+        """x [B, 1, H], one request per row: the projections and the MLP over all rows at once, attention per row
+        on its own cache (`rows[b]` = cos, sin, past_k, past_v, mask of row b). Returns x and (keys, values) per
+        row."""
+        attn = self.self_attn
+        q, k, v = attn.project(self.input_layernorm(x))
+        outs, caches = [], []
+        for b, (cos, sin, past_k, past_v, mask) in enumerate(rows):
+            out, keys, values = attn.attend(q[b:b + 1], k[b:b + 1], v[b:b + 1], cos, sin, past_k, past_v, mask)
+            outs.append(out)
+            caches.append((keys, values))
+        x = x + attn.o_proj(torch.cat(outs))
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, caches
 
 
 class Qwen2Model(nn.Module):
@@ -202,6 +229,25 @@ class CosyVoice3LM(nn.Module):
             hidden, keys, values = layer(hidden, cos, sin, past_k, past_v, mask)
             new_kv.append((keys, values))
         return self.backbone.norm(hidden), new_kv
+
+    def forward_rows(self, embeds: torch.Tensor, caches: list[KVCache]) -> tuple[torch.Tensor, list[KVCache]]:
+        """One new position for each of B requests: embeds [B, 1, H], caches[b] row b's own layer KV list (any
+        lengths). Returns hidden [B, 1, H] and each row's extended cache; row b's attention is the one
+        forward_hidden computes for it alone, the shared matrix products see B rows (see lm_batching.py)."""
+        device = embeds.device
+        tables = []
+        for cache in caches:
+            length = cache[0][0].shape[2]
+            cos, sin = rotary_cos_sin(torch.arange(1, device=device) + length, self.cfg.head_dim, self.cfg.rope_theta)
+            tables.append((cos, sin, torch.arange(length + 1, device=device)[None, :] <= length))
+        hidden = embeds
+        new_caches: list[KVCache] = [[] for _ in caches]
+        for index, layer in enumerate(self.backbone.layers):
+            rows = [(cos, sin, *cache[index], mask) for (cos, sin, mask), cache in zip(tables, caches)]
+            hidden, layer_kv = layer.forward_rows(hidden, rows)
+            for new, kv in zip(new_caches, layer_kv):
+                new.append(kv)
+        return self.backbone.norm(hidden), new_caches
 
     def forward_static(self, embeds: torch.Tensor, buffers: KVCache, position: torch.Tensor,
                        visible: int | None = None) -> torch.Tensor:
@@ -298,6 +344,28 @@ class TorchLanguageModel:
                                                    visible=cache.length + 1)
                 logits = self.model.logits(hidden[:, -1])
             return logits.to(torch.float32).cpu().numpy(), StaticCache(lease, cache.length + 1)
+
+    def step_batch(self, token_ids: list[int], caches: list) -> list:
+        """(logits, new cache) per row for one token of each of several requests, or the exception a row raised.
+
+        Rows on the list cache (the CPU default) run as one batch (`forward_rows`); static-cache rows step one by
+        one (their slots and CUDA graphs are per request). Every given cache is consumed.
+        """
+        listed = [i for i, cache in enumerate(caches) if isinstance(cache, list)]
+        results: list = [None] * len(caches)
+        for i in (i for i in range(len(caches)) if i not in listed):
+            try:
+                results[i] = self.step(token_ids[i], caches[i])
+            except Exception as exc:  # one request's bad cache fails that request only
+                results[i] = exc
+        if listed:
+            with torch.inference_mode():
+                embeds = self.model.embed_speech(self._ids([int(token_ids[i]) for i in listed])).transpose(0, 1)
+                hidden, new_caches = self.model.forward_rows(embeds, [caches[i] for i in listed])
+                logits = self.model.llm_decoder(hidden[:, -1]).to(torch.float32).cpu().numpy()
+            for row, (i, cache) in enumerate(zip(listed, new_caches)):
+                results[i] = (logits[row], cache)
+        return results
 
     def _grown(self, cache: StaticCache) -> Lease:
         """A slot twice as large holding the same positions, for a request that outlived its capacity."""

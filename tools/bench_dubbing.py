@@ -1,7 +1,7 @@
 """Batch-job throughput: a generated JSONL or SRT job run by the job runner (local sequential executor), timed.
 
-    python tools/bench_batch.py --items 100                       # tiny CV3 model made in --work, JSONL items
-    python tools/bench_batch.py --model DIR --backend onnx:int8 --kind srt --items 20
+    python tools/bench_dubbing.py --items 100                       # tiny CV3 model made in --work, JSONL items
+    python tools/bench_dubbing.py --model DIR --backend onnx:int8 --kind srt --items 20
 
 Prints items per second and seconds of audio per wall second (the model load is timed apart and left out).
 """
@@ -60,7 +60,7 @@ def generated_job(args, prefix: str):
 
 
 def job_parser(description: str) -> argparse.ArgumentParser:
-    """The options of the generated job (also tools/bench_batch_ray.py's)."""
+    """The options of the generated job (also tools/bench_dubbing_ray.py's)."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: a tiny CV3 model in --work)")
     p.add_argument("--backend", default="torch")

@@ -1,7 +1,7 @@
 """Batch on Ray vs local: one generated job run by the job runner twice, sequentially on one engine here and on a
 private Ray cluster on this machine with N workers (one engine each), then compared item by item.
 
-    python tools/bench_batch_ray.py --items 100 --workers 2          # tiny CV3 model made in --work, JSONL items
+    python tools/bench_dubbing_ray.py --items 100 --workers 2          # tiny CV3 model made in --work, JSONL items
 
 Prints items per second for both runs, their ratio, and how many items came out with identical samples. The local
 engine load and the Ray cluster start are timed apart and left out; the Ray job's time includes its workers
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from bench_batch import generated_job, job_parser      # the same generated job as tools/bench_batch.py
+from bench_dubbing import generated_job, job_parser      # the same generated job as tools/bench_dubbing.py
 
 
 def main() -> None:

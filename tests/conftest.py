@@ -4,6 +4,7 @@ clip, once per test session."""
 import contextlib
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -43,13 +44,15 @@ def tiny_model_of(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_export_of(tiny_model_of):
-    """tiny_export_of(version): the fp32 ONNX export (no parity run) in that release's tiny folder, made once."""
+def tiny_export_of(tiny_model_of, tmp_path_factory):
+    """tiny_export_of(version): the fp32 ONNX export (no parity run) of that release's tiny model, made once, in a
+    copy of the model folder: the shared tiny folders stay without an export whatever order the tests run in."""
     from cosyvoice_onnx.export.exporter import export_model
 
     @functools.cache
     def of(version: int):
-        return export_model(tiny_model_of(version), precisions="fp32", parity=False, progress=lambda _: None)
+        model = shutil.copytree(tiny_model_of(version), tmp_path_factory.mktemp("exported") / f"tiny-cv{version}")
+        return export_model(model, precisions="fp32", parity=False, progress=lambda _: None)
 
     return of
 

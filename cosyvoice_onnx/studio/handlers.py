@@ -481,6 +481,10 @@ class Studio:
 
     def replay_request(self, clip_id: str) -> tuple[ExecutionPlan, SynthesisRequest]:
         """The plan and request that make a history clip again, bit for bit."""
+        return self._replay(clip_id)[1:]
+
+    def _replay(self, clip_id: str):
+        """(clip, plan, request) of a history clip that can be made again."""
         clip = self.history.get((clip_id or "").strip())
         if clip is None:
             raise InputError(f"no clip {clip_id!r} in the history")
@@ -498,15 +502,14 @@ class Studio:
         decode_options = controls.pop("decode_options", {})
         glossary = self.glossary() if clip.glossary is None else (
             Glossary.from_json(clip.glossary, f"clip {clip.id}'s glossary") if clip.glossary else None)
-        return checked_spec(clip.backend, f"clip {clip.id}'s backend"), SynthesisRequest(
+        return clip, checked_spec(clip.backend, f"clip {clip.id}'s backend"), SynthesisRequest(
             text=clip.text, voice=voice, seed=clip.seed, decode_options=decode_options, glossary=glossary,
             **{**controls, "sampler": clip.sampler})
 
     @user_errors
     def replay_clip(self, clip_id: str, progress=gr.Progress()) -> tuple[str, str]:
         """Makes a history clip again from what it stored; the summary says whether it matched bit for bit."""
-        plan, request = self.replay_request(clip_id)
-        clip = self.history.get(clip_id.strip())
+        clip, plan, request = self._replay(clip_id)
         model = self.model_folder(clip.model or "")
         progress(0, desc="loading the model")
         with self.cache.use(model, plan) as engine:

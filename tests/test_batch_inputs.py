@@ -149,7 +149,7 @@ def test_kind_from_suffix_or_content():
 
 
 @pytest.mark.parametrize("name", ["../x", "a/../../b", "/etc/x", "C:/x", "a\\..\\..\\b", "", ".hidden", "a//b",
-                                  "x" * 65, "a/b/c/d/e", "ends."])
+                                  "x" * 65, "a/b/c/d/e", "ends.", "CON", "a/NUL.txt"])
 def test_output_names_that_leave_or_misbehave_are_refused(name):
     with pytest.raises(InputError):
         check_output_name(name)
@@ -224,3 +224,16 @@ def test_job_items_travel_whole_and_keys_follow_content(tmp_path):
     assert keys([{"text": "a"}], glossary=None) != [one]
     clip.write_bytes(b"RIFF-another-clip")
     assert keys([{"text": "a"}]) != [one]
+
+
+def test_a_chapter_longer_than_an_item_is_split_between_paragraphs():
+    from cosyvoice_onnx.dubbing.read_text import MAX_ITEM_CHARS, read_text
+
+    paragraph = "word " * (MAX_ITEM_CHARS // 25)          # five paragraphs make one item
+    text = "# One\n\n" + "\n\n".join([paragraph] * 12) + "\n\n" + "x" * (MAX_ITEM_CHARS + 1) + "\n\n# Two\n\nEnd.\n"
+    parsed = read_text(text)
+    assert [i.name for i in parsed.items] == ["chapter-001", "chapter-001-2", "chapter-001-3", "chapter-002"]
+    assert all(len(i.text) <= MAX_ITEM_CHARS for i in parsed.items)
+    assert "".join(i.text for i in parsed.items[:3]).count("word") == 12 * (MAX_ITEM_CHARS // 25)
+    [problem] = parsed.problems
+    assert problem.line == 27 and f"at most {MAX_ITEM_CHARS}" in problem.reason

@@ -205,6 +205,19 @@ def test_text_becomes_chapters_and_one_book(engines, voices_of, tiny_model_of, t
     np.testing.assert_array_equal(book[len(one) + pause:], two)
 
 
+def test_a_track_too_long_is_reported_and_the_items_and_manifest_stay(engines, voices_of, tiny_model_of, tmp_path,
+                                                                       monkeypatch):
+    from cosyvoice_onnx.dubbing import assemble
+
+    monkeypatch.setattr(assemble, "MAX_TRACK_SECONDS", 0.01)
+    md = b"# One\n\nShort.\n\n# Two\n\nAlso short.\n"
+    report = run_job(plan_job(parse_input(md, "book.md"), settings(3, tiny_model_of, voices_of)), tmp_path,
+                     LocalExecutor(engines(3)))
+    assert report.track is None and not (tmp_path / "book.wav").exists()
+    assert "no assembled track: the track would be" in report.lines()[-1]
+    assert (tmp_path / "items" / "chapter-002.wav").exists() and (tmp_path / "manifest.csv").exists()
+
+
 # ------------------------------------------------------------------ the command
 
 

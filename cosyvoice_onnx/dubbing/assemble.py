@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from ..errors import InputError
+from ..longtext import Joiner
 
 CHAPTER_PAUSE_SECONDS = 1.5
 MAX_TRACK_SECONDS = 6 * 3600      # a job's track is held in memory: 6 h at 24 kHz float32 is ~2 GB
@@ -18,9 +19,7 @@ def timed_track(cues: Sequence[tuple[float, np.ndarray]], sample_rate: int, leng
     and the sum clipped to [-1, 1]."""
     ends = [round(start * sample_rate) + len(audio) for start, audio in cues]
     samples = max([round(length_seconds * sample_rate), *ends])
-    if samples > MAX_TRACK_SECONDS * sample_rate:
-        raise InputError(f"the track would be {samples / sample_rate / 3600:.1f} h; at most "
-                         f"{MAX_TRACK_SECONDS / 3600:g} h is assembled")
+    check_track_seconds(samples / sample_rate)
     track = np.zeros(samples, dtype=np.float32)
     for start, audio in cues:
         at = round(start * sample_rate)
@@ -29,11 +28,12 @@ def timed_track(cues: Sequence[tuple[float, np.ndarray]], sample_rate: int, leng
 
 
 def chapter_track(chapters: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
-    """Chapters in order with CHAPTER_PAUSE_SECONDS of silence between them."""
-    pause = np.zeros(round(CHAPTER_PAUSE_SECONDS * sample_rate), dtype=np.float32)
-    pieces = []
-    for index, chapter in enumerate(chapters):
-        if index:
-            pieces.append(pause)
-        pieces.append(np.asarray(chapter, dtype=np.float32))
-    return np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    """Chapters in order with CHAPTER_PAUSE_SECONDS of silence between them (the long-text silence join)."""
+    return Joiner.create("silence", CHAPTER_PAUSE_SECONDS * 1000, sample_rate).join(chapters)
+
+
+def check_track_seconds(seconds: float) -> None:
+    """Refuses a track longer than MAX_TRACK_SECONDS (checked before its pieces are read into memory)."""
+    if seconds > MAX_TRACK_SECONDS:
+        raise InputError(f"the track would be {seconds / 3600:.1f} h; at most {MAX_TRACK_SECONDS / 3600:g} h is "
+                         "assembled")

@@ -3,13 +3,11 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 
 from ..errors import InputError
+from ..voices import validate_name
 
-# One path component of an output name: letters, digits, space, '-', '_', '.', starting with a letter or digit.
-NAME_PART = re.compile(r"[^\W_][\w .\-]{0,63}")
 MAX_NAME_DEPTH = 4
 
 
@@ -79,7 +77,16 @@ def check_output_name(name: str) -> str:
     parts = name.replace("\\", "/").split("/")
     if name.startswith(("/", "\\")) or ".." in parts or ":" in name:
         raise InputError(f"output name {name!r} would leave the output folder; use a plain name like 'intro-01'")
-    if len(parts) > MAX_NAME_DEPTH or not all(NAME_PART.fullmatch(p) and p[-1] not in " ." for p in parts):
+    if len(parts) > MAX_NAME_DEPTH or not all(_usable_part(p) for p in parts):
         raise InputError(f"output name {name!r} is not usable: use up to {MAX_NAME_DEPTH} '/'-separated parts of "
-                         "letters, digits, spaces, '-', '_' or '.', each starting with a letter or digit")
+                         "letters, digits, spaces, '-', '_' or '.', each starting with a letter or digit, no reserved names like CON")
     return "/".join(parts)
+
+
+def _usable_part(part: str) -> bool:
+    """One path component follows the saved voices' file-name rules (portable, no reserved device names)."""
+    try:
+        validate_name(part)
+    except InputError:
+        return False
+    return True

@@ -12,6 +12,7 @@ from pathlib import Path
 from ..duration import DURATION_METHODS
 from ..errors import InputError
 from ..glossary import Glossary
+from ..hash_cache import file_sha256
 from ..longtext import DEFAULT_JOIN_MS, check_join
 from ..plan import ExecutionPlan
 from ..request import check_seed
@@ -193,10 +194,7 @@ def _voice(name, clip, transcript, settings: JobSettings, known: set[str], diges
 def _digest(paths: list[Path], cache: dict[str, str]) -> str:
     key = "|".join(str(p) for p in paths)
     if key not in cache:
-        digest = hashlib.sha256()
-        for path in paths:
-            digest.update(path.read_bytes())
-        cache[key] = digest.hexdigest()
+        cache[key] = hashlib.sha256("".join(file_sha256(path) for path in paths).encode()).hexdigest()
     return cache[key]
 
 

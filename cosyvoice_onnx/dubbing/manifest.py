@@ -6,11 +6,10 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from ..voices import _atomic_write
 from .synthesize import ItemResult
 
 JOURNAL = ".journal.jsonl"
@@ -36,14 +35,8 @@ def from_row(data: dict) -> ItemResult | None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """A reader never sees half a file (the voice store's writer)."""
+    _atomic_write(path, text.encode("utf-8"))
 
 
 class Journal:

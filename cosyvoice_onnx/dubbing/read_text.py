@@ -2,14 +2,17 @@
 
 Markdown markup that is not speech is dropped (code blocks, images, HTML tags, emphasis marks, link targets,
 list and quote markers); a heading starts a chapter and is spoken as its first line. Text without headings is
-one chapter.
+one chapter. A chapter longer than MAX_ITEM_CHARS is spoken as several items (`chapter-003`, `chapter-003-2`,
+...) split between paragraphs, so no one item's audio outgrows what is held in memory.
 """
 
 from __future__ import annotations
 
 import re
 
-from .items import BatchItem, ParsedInput
+from .items import BatchItem, ParsedInput, Problem
+
+MAX_ITEM_CHARS = 20_000     # ~20 min of speech, ~120 MB of float32 audio held for one item
 
 ATX_HEADING = re.compile(r"^\s{0,3}(#{1,6})\s+(.*?)\s*#*\s*$")
 SETEXT_UNDERLINE = re.compile(r"^\s{0,3}(=+|-+)\s*$")
@@ -30,7 +33,7 @@ def _clean(line: str) -> str:
 
 def read_text(text: str) -> ParsedInput:
     parsed = ParsedInput("text")
-    chapters: list[tuple[int, list[str]]] = []       # (first line, paragraphs)
+    chapters: list[tuple[int, list[tuple[int, str]]]] = []       # (first line, [(line, paragraph)])
     paragraph: list[str] = []
     lines = text.split("\n")
     fenced = False
@@ -39,7 +42,7 @@ def read_text(text: str) -> ParsedInput:
         if paragraph:
             if not chapters:
                 chapters.append((first_line, []))
-            chapters[-1][1].append(" ".join(paragraph))
+            chapters[-1][1].append((first_line, " ".join(paragraph)))
             paragraph.clear()
 
     first_line = 1
@@ -61,7 +64,7 @@ def read_text(text: str) -> ParsedInput:
             heading_text = None
         if heading_text is not None:
             end_paragraph()
-            chapters.append((number, [_clean(heading_text)] if _clean(heading_text) else []))
+            chapters.append((number, [(number, _clean(heading_text))] if _clean(heading_text) else []))
             continue
         if SETEXT_UNDERLINE.match(line) and not paragraph:
             continue   # the underline of a setext heading, or a rule
@@ -74,5 +77,24 @@ def read_text(text: str) -> ParsedInput:
         paragraph.append(cleaned)
     end_paragraph()
     for index, (line, paragraphs) in enumerate((c for c in chapters if c[1]), start=1):
-        parsed.items.append(BatchItem(line=line, name=f"chapter-{index:03d}", text="\n".join(paragraphs)))
+        for part, (part_line, texts) in enumerate(_parts(paragraphs, parsed), start=1):
+            name = f"chapter-{index:03d}" + (f"-{part}" if part > 1 else "")
+            parsed.items.append(BatchItem(line=line if part == 1 else part_line, name=name, text="\n".join(texts)))
     return parsed
+
+
+def _parts(paragraphs: list[tuple[int, str]], parsed: ParsedInput) -> list[tuple[int, list[str]]]:
+    """A chapter's paragraphs in runs of at most MAX_ITEM_CHARS; a longer paragraph is a problem of its line."""
+    parts: list[tuple[int, list[str]]] = []
+    size = 0
+    for line, text in paragraphs:
+        if len(text) > MAX_ITEM_CHARS:
+            parsed.problems.append(Problem(line, f"a paragraph of {len(text)} characters; at most {MAX_ITEM_CHARS} "
+                                                 "(split it with a blank line)", name=f"line-{line:04d}"))
+            continue
+        if not parts or size + len(text) > MAX_ITEM_CHARS:
+            parts.append((line, []))
+            size = 0
+        parts[-1][1].append(text)
+        size += len(text) + 1
+    return parts

@@ -24,7 +24,7 @@ import soundfile as sf
 
 from ..audio import write_wav
 from ..errors import InputError
-from .assemble import chapter_track, timed_track
+from .assemble import CHAPTER_PAUSE_SECONDS, chapter_track, check_track_seconds, timed_track
 from .fitting import REPORTED
 from .items import Problem
 from .job import Job, JobItem
@@ -59,6 +59,7 @@ class JobReport:
     results: list[ItemResult]
     warnings: list[Problem] = field(default_factory=list)
     track: Path | None = None
+    track_error: str = ""        # why no track was assembled (the items and the manifest are still written)
     elapsed: float = 0.0
 
     @property
@@ -88,6 +89,8 @@ class JobReport:
         lines.extend(f"{w} ({w.name})" for w in self.warnings)
         if self.track is not None:
             lines.append(f"assembled track: {self.track.name}")
+        if self.track_error:
+            lines.append(f"no assembled track: {self.track_error}")
         return lines
 
 
@@ -155,7 +158,10 @@ def run_job(job: Job, out_dir: str | Path, executor: Executor, *, resume: bool =
         record(result)
     ordered = sorted(results.values(), key=lambda r: (r.line, r.name))
     report = JobReport(job.kind, out_dir, ordered, [p for p in job.problems if not p.fatal])
-    report.track = _assemble(job, out_dir, ordered)
+    try:
+        report.track = _assemble(job, out_dir, ordered)
+    except InputError as exc:
+        report.track_error = str(exc)
     write_manifest(out_dir, ordered)
     journal.rewrite([r for r in ordered if not r.error])
     report.elapsed = time.perf_counter() - start
@@ -169,6 +175,10 @@ def _assemble(job: Job, out_dir: Path, results: list[ItemResult]) -> Path | None
     made = [r for r in results if not r.error]
     if name is None or not made:
         return None
+    if job.kind == "text":
+        check_track_seconds(sum(r.seconds for r in made) + CHAPTER_PAUSE_SECONDS * (len(made) - 1))
+    else:
+        check_track_seconds(max((r.start or 0.0) + r.seconds for r in made))
     pieces, rate = [], None
     for r in made:
         audio, rate = sf.read(str(output_path(out_dir, r.file)), dtype="float32")

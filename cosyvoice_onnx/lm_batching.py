@@ -19,6 +19,7 @@ is today's path, untouched.
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 import weakref
@@ -111,9 +112,13 @@ class BatchingLM:
             self._pending.append(item)
             self._cond.notify_all()
         item.ready.wait()
-        if isinstance(item.result, BaseException):
-            raise item.result
-        logits, new_cache = item.result
+        result, item = item.result, None
+        if isinstance(result, BaseException):
+            try:
+                raise result
+            finally:
+                result = None   # the raised error's traceback holds this frame: no cycle back to the error
+        logits, new_cache = result
         return logits, _Handle(new_cache, cache.ticket)
 
     # ---------------------------------------------------------------- the scheduler thread
@@ -152,11 +157,21 @@ class BatchingLM:
         try:
             results = self.lm.step_batch([s.token for s in batch], [s.cache for s in batch])
         except BaseException as exc:  # handed to every request of this step, raised on its own thread
-            results = [exc] * len(batch)
+            results = [_row_error(exc) for _ in batch]
         self.batch_sizes[len(batch)] += 1
         for item, result in zip(batch, results):
             item.result = result
             item.ready.set()
+
+
+def _row_error(exc: BaseException) -> BaseException:
+    """One request's copy of a failed step's error, without the traceback: each request raises its own copy on
+    its own thread, and a kept traceback would hold the batch's caches (and ONNX slots) until a GC pass."""
+    try:
+        error = copy.copy(exc)
+    except Exception:   # an error type that cannot be copied is shared
+        error = exc
+    return error.with_traceback(None)
 
 
 def batching_lm(lm, max_batch: int, export_dir: str | Path | None = None, max_wait_s: float = DEFAULT_MAX_WAIT_S,
@@ -167,6 +182,10 @@ def batching_lm(lm, max_batch: int, export_dir: str | Path | None = None, max_wa
     (`cosyvoice-onnx export --batch-decode`), which is checked against the export's LM checkpoint.
     """
     if lm.backend == "torch":
+        if getattr(lm, "static_cache", False):
+            # Its step_batch would run the rows one after another on the scheduler thread: slower than no batching.
+            raise InputError("batch_decode is not available on the PyTorch LM's static (CUDA graph) cache; run "
+                             "without batch_decode on the GPU, or use the CPU")
         return BatchingLM(lm, max_batch, max_wait_s)
     from .manifest import read_manifest
     from .onnx_backend.lm_batch import DEFAULT_SLOT_CAPACITY, OnnxBatchedLM, batch_graph_name

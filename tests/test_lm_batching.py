@@ -315,3 +315,52 @@ def test_an_idle_scheduler_lets_its_thread_go(engines, monkeypatch):
         time.sleep(0.05)
     assert lm._thread is None
     assert _tokens(batched, 1, 4, 5) == _tokens(plain, 1, 4, 5)  # and starts again for the next request
+
+
+def test_a_failed_batched_step_frees_every_requests_place_without_a_gc_pass():
+    """The failed step's error reaches each request without a traceback tying the batch's caches (and so their
+    places and ONNX slots) into a reference cycle that only the garbage collector would break."""
+    import gc
+
+    from cosyvoice_onnx.lm_batching import BatchingLM
+
+    class BrokenLM:
+        backend = "torch"
+
+        def prefill(self, text_ids, prompt_speech_ids):
+            return np.zeros(4, np.float32), object()
+
+        def step_batch(self, token_ids, caches):
+            raise RuntimeError("the device fell over")
+
+    lm = BatchingLM(BrokenLM(), 4, max_wait_s=0.5)
+    errors = []
+
+    def request():
+        _, cache = lm.prefill(None, None)
+        try:
+            lm.step(1, cache)
+        except RuntimeError as exc:
+            errors.append(str(exc))
+
+    gc.disable()
+    try:
+        threads = [threading.Thread(target=request) for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        assert errors == ["the device fell over"] * 3
+        assert lm.active == 0
+    finally:
+        gc.enable()
+
+
+def test_the_torch_static_cache_is_refused_for_batching():
+    from cosyvoice_onnx.lm_batching import batching_lm
+
+    class StaticCacheLM:
+        backend, static_cache = "torch", True
+
+    with pytest.raises(InputError, match="static .CUDA graph. cache"):
+        batching_lm(StaticCacheLM(), 4)

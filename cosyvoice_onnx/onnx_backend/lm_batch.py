@@ -168,7 +168,7 @@ class OnnxBatchedLM:
             try:
                 results[i] = self.base.step(token, cache)
             except Exception as exc:  # one request's bad cache fails that request only
-                results[i] = exc
+                results[i] = exc.with_traceback(None)   # its traceback would keep this batch's caches alive
         if in_slots:
             with self._lock:
                 logits = self._run(token_ids, caches, in_slots)

@@ -357,7 +357,7 @@ class TorchLanguageModel:
             try:
                 results[i] = self.step(token_ids[i], caches[i])
             except Exception as exc:  # one request's bad cache fails that request only
-                results[i] = exc
+                results[i] = exc.with_traceback(None)   # its traceback would keep this batch's caches alive
         if listed:
             with torch.inference_mode():
                 embeds = self.model.embed_speech(self._ids([int(token_ids[i]) for i in listed])).transpose(0, 1)

@@ -16,7 +16,7 @@ from .cli_bench_batch import add_bench_batch_command
 from .cli_convert import add_convert_command
 from .cli_glossary import add_glossary_command
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
-from .errors import CosyVoiceError, InputError
+from .errors import CosyVoiceError, InputError, one_line
 from .plan import PRECISIONS, SYNTAX as PLAN_SYNTAX
 
 
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         where = f": {exc.filename}" if exc.filename else ""
         return _fail(exc, EXIT_RUNTIME, args, f"{exc.strerror or exc}{where}")
     except Exception as exc:  # a bug: say so in one line, and how to get the traceback for a report
-        return _fail(exc, EXIT_RUNTIME, args, f"internal error ({type(exc).__name__}: {_one_line(exc)}); "
+        return _fail(exc, EXIT_RUNTIME, args, f"internal error ({type(exc).__name__}: {one_line(exc)}); "
                                               "rerun with --debug for the traceback")
 
 
@@ -314,10 +314,7 @@ def _debug(args) -> bool:
 def _fail(exc: BaseException, code: int, args, message: str | None = None) -> int:
     if _debug(args):
         traceback.print_exception(exc)
-    print(f"error: {message or _one_line(exc)}", file=sys.stderr)
+    print(f"error: {message or one_line(exc)}", file=sys.stderr)
     return code
 
 
-def _one_line(exc: BaseException, limit: int = 2000) -> str:
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-    return text if len(text) <= limit else text[:limit] + "…"

@@ -19,3 +19,9 @@ class ExportError(CosyVoiceError):
 
 class RequestTimeout(CosyVoiceError):
     """A synthesis request ran past its time limit (`max_seconds`)."""
+
+
+def one_line(exc: BaseException, limit: int = 2000) -> str:
+    """An error's message as one line (its lines joined with '; '), cut at `limit`; its type when it has none."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "…"

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import CosyVoiceError, InputError
+from ..errors import CosyVoiceError, InputError, one_line
 from ..longtext import Joiner
 from ..prompts import choose_mode
 from ..request import MAX_TEXT_CHARS, SynthesisRequest
@@ -110,10 +110,10 @@ def synthesize_item(engine, item: JobItem, voices: VoiceCache | None = None) -> 
         voice = (voices or VoiceCache(engine)).get(item.voice)
         audio = _speak(engine, item, voice, result)
     except CosyVoiceError as exc:
-        result.error = _one_line(exc)
+        result.error = one_line(exc)
         return ItemOutcome(result)
     except Exception as exc:  # noqa: BLE001 - a bug or a library's error fails this item, not the job
-        result.error = f"internal error ({type(exc).__name__}: {_one_line(exc)})"
+        result.error = f"internal error ({type(exc).__name__}: {one_line(exc)})"
         return ItemOutcome(result)
     elapsed = time.perf_counter() - start
     if audio.size == 0:
@@ -148,6 +148,3 @@ def _speak(engine, item: JobItem, voice, result: ItemResult) -> np.ndarray:
     return Joiner.create(item.join, item.join_ms, engine.sample_rate).join(pieces)
 
 
-def _one_line(exc: BaseException) -> str:
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-    return text or type(exc).__name__

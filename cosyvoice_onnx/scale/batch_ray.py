@@ -23,7 +23,7 @@ from ..dubbing.synthesize import ItemOutcome, item_result
 from ..errors import CosyVoiceError, InputError
 from ..request import DEFAULT_MAX_SECONDS
 from .options import add_ray_options, check_ray_options
-from .ray_runtime import connected, one_line, retryable_errors
+from .ray_runtime import connected, first_line, retryable_errors
 
 ITEM_TIMEOUT_S = 3 * DEFAULT_MAX_SECONDS    # an item may be a chapter in several parts, each under the engine's limit
 START_TIMEOUT_S = 600.0                     # loading an engine (a real-size model on a busy node takes minutes)
@@ -164,7 +164,7 @@ class _ActorPool:
         try:
             reply = self.ray.get(ref)
         except self.retryable as exc:
-            self._replace(worker, f"a worker died while loading: {one_line(exc)}")
+            self._replace(worker, f"a worker died while loading: {first_line(exc)}")
             return
         if reply.error is not None:       # the model does not load there: every item would fail the same way
             raise CosyVoiceError(f"a Ray worker could not load the model: {reply.error[1]}")
@@ -176,7 +176,7 @@ class _ActorPool:
         try:
             reply = self.ray.get(ref)
         except self.retryable as exc:
-            self._replace(task.worker, f"{type(exc).__name__}: {one_line(exc)}")
+            self._replace(task.worker, f"{type(exc).__name__}: {first_line(exc)}")
             if task.tries < self.settings.retries:
                 self.executor.retried += 1
                 queue.appendleft((task.item, task.tries + 1))
@@ -185,7 +185,7 @@ class _ActorPool:
                                            f"{self.last_loss})")
         except self.ray.exceptions.RayError as exc:       # not the worker's absence: this item fails, it goes on
             self.idle.append(task.worker)
-            return self._failed(task.item, f"Ray failed on it ({type(exc).__name__}: {one_line(exc)})")
+            return self._failed(task.item, f"Ray failed on it ({type(exc).__name__}: {first_line(exc)})")
         self.idle.append(task.worker)
         self.executor.served[reply.worker] += 1
         if reply.error is not None:

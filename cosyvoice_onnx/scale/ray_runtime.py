@@ -56,7 +56,7 @@ def connect(address: str | None, **local_options):
         try:
             ray.init(address=address)
         except (ConnectionError, ValueError) as exc:
-            raise CosyVoiceError(f"cannot join the Ray cluster at {address!r}: {one_line(exc)} (start one "
+            raise CosyVoiceError(f"cannot join the Ray cluster at {address!r}: {first_line(exc)} (start one "
                                  "with `ray start --head`, then pass `auto` or its HOST:PORT)") from None
     return ray
 
@@ -101,7 +101,7 @@ def retryable_errors() -> tuple[type[BaseException], ...]:
     return tuple(kinds)
 
 
-def one_line(exc: BaseException | str, limit: int = 500) -> str:
+def first_line(exc: BaseException | str, limit: int = 500) -> str:
     """The first line of an error's text (a Ray error's later lines are the remote traceback)."""
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:limit]
@@ -130,7 +130,7 @@ def capture(worker: str, fn: Callable[..., Any], *args: Any) -> Reply:
         return Reply(worker, error=(type(exc), str(exc)))
     except Exception as exc:
         return Reply(worker, error=(ReplicaError, f"internal error on {worker} ({type(exc).__name__}: "
-                                                  f"{one_line(exc)})"))
+                                                  f"{first_line(exc)})"))
 
 
 def worker_name() -> str:

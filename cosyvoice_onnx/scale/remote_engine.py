@@ -25,7 +25,7 @@ from ..errors import RequestTimeout
 from ..request import DEFAULT_MAX_SECONDS, SynthesisRequest
 from ..server.pool import SynthesisPool
 from ..voices import VoiceStore
-from .ray_runtime import Reply, ReplicaError, ReplicaUnavailable, one_line, retryable_errors
+from .ray_runtime import Reply, ReplicaError, ReplicaUnavailable, first_line, retryable_errors
 
 PROMPT_WAIT_S = 120.0      # a voice upload: one prompt extraction on a 3-10 s clip
 SLACK_S = 30.0             # transfer and a busy replica's turn on top of the time limit
@@ -137,14 +137,14 @@ class ReplicaEngine:
         """A try lost its replica: counted, and on the last try the request fails as ReplicaUnavailable. Any other
         Ray failure is not the replica's absence: ReplicaError at once."""
         if not isinstance(exc, self._retryable):
-            raise ReplicaError(f"a replica failed ({type(exc).__name__}: {one_line(exc)})") from None
+            raise ReplicaError(f"a replica failed ({type(exc).__name__}: {first_line(exc)})") from None
         with self._lock:
             if number < self.retries:
                 self.retried += 1
                 return
             self.unavailable += 1
         raise ReplicaUnavailable(f"no replica could finish the request ({number + 1} tries; last: "
-                                 f"{type(exc).__name__}: {one_line(exc)}); retry shortly") from None
+                                 f"{type(exc).__name__}: {first_line(exc)}); retry shortly") from None
 
 
 class ReplicaPool(SynthesisPool):

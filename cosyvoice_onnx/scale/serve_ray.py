@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from pathlib import Path
 
-from .ray_runtime import ReplicaError, ReplicaUnavailable, connected, one_line, require_ray
+from .ray_runtime import ReplicaError, ReplicaUnavailable, connected, first_line, require_ray
 
 APP_NAME = "cosyvoice-onnx"
 DEPLOYMENT = "EngineReplica"
@@ -36,7 +36,7 @@ def ray_server(args: argparse.Namespace):
                 if serve.status().applications.get(APP_NAME) is not None:
                     serve.delete(APP_NAME)
             except Exception as exc:     # leaving anyway: say what may be left on the cluster
-                print(f"warning: could not delete the Serve application {APP_NAME!r}: {one_line(exc)}",
+                print(f"warning: could not delete the Serve application {APP_NAME!r}: {first_line(exc)}",
                       file=sys.stderr)
 
 
@@ -112,7 +112,7 @@ def add_replica_routes(app, engine, serve, replicas: int) -> None:
             deployment = app_status.deployments.get(DEPLOYMENT) if app_status else None
             states = {str(state): count for state, count in (deployment.replica_states if deployment else {}).items()}
         except Exception as exc:
-            states = {"unknown": one_line(exc)}
+            states = {"unknown": first_line(exc)}
         return {"replicas": replicas, "replica_states": states, **engine.stats()}
 
 
@@ -122,7 +122,7 @@ def _app_message(serve) -> str:
         messages = [app_status.message] + [d.message for d in app_status.deployments.values()]
         return "; ".join(m for m in messages if m) or str(app_status.status)
     except Exception as exc:
-        return one_line(exc)
+        return first_line(exc)
 
 
 def _deploy_failure(exc: BaseException) -> str:
@@ -130,5 +130,5 @@ def _deploy_failure(exc: BaseException) -> str:
     for line in reversed(str(exc).splitlines()):
         if "Error:" in line and "cosyvoice_onnx" in line:
             return line.strip()[:500]
-    return one_line(exc)
+    return first_line(exc)
 

@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..audio import MAX_UPLOAD_BYTES
-from ..errors import CosyVoiceError, InputError, RequestTimeout
+from ..errors import CosyVoiceError, InputError, RequestTimeout, one_line
 from ..request import DEFAULT_MAX_SECONDS, MAX_TRANSCRIPT_CHARS, SynthesisRequest
 from ..voices import VoiceStore, validate_name
 from .audio_formats import (MEDIA_TYPES, STREAM_FORMATS, available_formats, check_format, encode, pcm16,
@@ -50,11 +50,6 @@ class ApiError(Exception):
 
 def _error(status: int, message: str, kind: str, code: str | None = None, headers=None) -> JSONResponse:
     return JSONResponse(error_json(message, kind, code), status_code=status, headers=headers)
-
-
-def _one_line(exc: BaseException) -> str:
-    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-    return text[:1000]
 
 
 def _validation_message(exc: RequestValidationError) -> str:
@@ -119,12 +114,12 @@ def create_app(engine, settings: ServerSettings, pool: SynthesisPool | None = No
     @app.exception_handler(CosyVoiceError)
     async def engine_error(_request, exc: CosyVoiceError):
         status = 400 if isinstance(exc, InputError) else 500
-        return _error(status, _one_line(exc), "invalid_request_error" if status == 400 else "server_error")
+        return _error(status, one_line(exc, 1000), "invalid_request_error" if status == 400 else "server_error")
 
     @app.exception_handler(Exception)
     async def bug(_request, exc: Exception):
         log.exception("internal error")   # the traceback goes to the server's log, never to the client
-        return _error(500, f"internal error ({type(exc).__name__}: {_one_line(exc)})", "server_error")
+        return _error(500, f"internal error ({type(exc).__name__}: {one_line(exc, 1000)})", "server_error")
 
     def require_key(request: Request) -> None:
         if settings.api_key is None:

@@ -15,22 +15,6 @@ from .longtext import DEFAULT_JOIN_MS, JOIN_METHODS, MAX_JOIN_MS
 EXIT_ITEMS_FAILED = 1
 
 
-def parse_voice_map(entries: list[str]) -> dict[str, str]:
-    """`SPEAKER=VOICE` pairs (repeatable, or comma-separated) -> {speaker: saved voice name}."""
-    from .voices import validate_name
-
-    mapping: dict[str, str] = {}
-    for entry in entries:
-        for pair in filter(str.strip, entry.split(",")):
-            speaker, sep, voice = pair.partition("=")
-            if not sep or not speaker.strip() or not voice.strip():
-                raise InputError(f"--voice-map {pair!r}: write SPEAKER=VOICE, e.g. ALICE=anna")
-            if speaker.strip().casefold() in {s.casefold() for s in mapping}:
-                raise InputError(f"--voice-map names speaker {speaker.strip()!r} twice")
-            mapping[speaker.strip()] = validate_name(voice.strip())
-    return mapping
-
-
 def make_executor(args, job):
     """The executor of this run: sequential on one engine loaded here. (A cluster executor, `batch --ray`, is
     chosen here too: anything with `run(items) -> Iterator[ItemOutcome]`, see dubbing/runner.py.)"""
@@ -43,10 +27,12 @@ def make_executor(args, job):
 def _cmd_batch(args) -> int:
     from .cli_controls import _default_dir
     from .dubbing import EngineSpec, JobSettings, plan_job, read_input_file, run_job
+    from .dubbing.job import parse_voice_map
     from .dubbing.progress_bar import ProgressBar
 
-    if args.voice and args.prompt_wav:
-        raise InputError("give either --voice or --prompt-wav, not both")
+    from .scale.batch_ray import check_batch_ray_args
+
+    check_batch_ray_args(args)
     if args.prompt_wav is not None and not args.prompt_wav.is_file():
         raise InputError(f"--prompt-wav {args.prompt_wav}: no such file")
     parsed = read_input_file(args.input)       # a binary or unreadable input fails before any model loads
@@ -123,4 +109,4 @@ def add_batch_command(sub, backend_help: str, device_help: str) -> None:
     b.set_defaults(func=_cmd_batch)
 
 
-__all__ = ["add_batch_command", "parse_voice_map"]
+__all__ = ["add_batch_command"]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from cosyvoice_onnx.cli_batch import parse_voice_map
+from cosyvoice_onnx.dubbing.job import parse_voice_map
 from cosyvoice_onnx.dubbing.assemble import chapter_track, timed_track
 from cosyvoice_onnx.dubbing.fitting import PACE_RANGE, fit_cue
 from cosyvoice_onnx.dubbing.items import check_output_name

@@ -25,6 +25,20 @@ KEY_VERSION = 1
 ITEMS_DIR = "items"
 
 
+def parse_voice_map(entries: list[str]) -> dict[str, str]:
+    """`SPEAKER=VOICE` pairs (repeatable, or comma-separated) -> {speaker: saved voice name}."""
+    mapping: dict[str, str] = {}
+    for entry in entries:
+        for pair in filter(str.strip, entry.split(",")):
+            speaker, sep, voice = pair.partition("=")
+            if not sep or not speaker.strip() or not voice.strip():
+                raise InputError(f"--voice-map {pair!r}: write SPEAKER=VOICE, e.g. ALICE=anna")
+            if speaker.strip().casefold() in {s.casefold() for s in mapping}:
+                raise InputError(f"--voice-map names speaker {speaker.strip()!r} twice")
+            mapping[speaker.strip()] = validate_name(voice.strip())
+    return mapping
+
+
 @dataclass(frozen=True)
 class EngineSpec:
     """What every worker loads: a model folder (a path each worker sees) and an execution plan spec."""

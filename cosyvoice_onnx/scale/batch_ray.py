@@ -238,12 +238,17 @@ def add_batch_ray_arguments(p) -> None:
                    help=f"an item running longer fails and its worker is replaced (default {ITEM_TIMEOUT_S:g})")
 
 
-def ray_executor(args, job) -> RayExecutor | None:
-    """The run's RayExecutor when --ray is given, else None; Ray options without --ray are a usage error."""
+def check_batch_ray_args(args) -> None:
+    """Ray options without --ray, or figures that make no sense: a usage error (before any input is read)."""
     check_ray_options(args, "worker", "workers")
+    if args.ray is None and args.item_timeout is not None:
+        raise InputError("--item-timeout needs --ray")
+
+
+def ray_executor(args, job) -> RayExecutor | None:
+    """The run's RayExecutor when --ray is given, else None."""
+    check_batch_ray_args(args)
     if args.ray is None:
-        if args.item_timeout is not None:
-            raise InputError("--item-timeout needs --ray")
         return None
     return RayExecutor(job.engine, RaySettings(args.ray, args.workers, args.worker_cpus, args.worker_gpus,
                                                ITEM_TIMEOUT_S if args.item_timeout is None else args.item_timeout))

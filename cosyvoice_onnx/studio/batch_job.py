@@ -61,7 +61,7 @@ class BatchJobs:
             voice_map: str = "", seed=0, join: str = "none", join_ms: float = 40, backend: str = "torch",
             precision: str = "fp32", stages: str = "", model_dir: str = "", progress=gr.Progress()):
         """Returns (report, job id, item names, ZIP path, assembled track path or None)."""
-        from ..cli_batch import parse_voice_map
+        from ..dubbing.job import parse_voice_map
 
         model, seed = self.studio.model_folder(model_dir), parse_seed(seed)
         spec = backend_spec(backend, precision, stages, self.studio.settings.device)

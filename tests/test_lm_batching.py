@@ -364,3 +364,14 @@ def test_the_torch_static_cache_is_refused_for_batching():
 
     with pytest.raises(InputError, match="static .CUDA graph. cache"):
         batching_lm(StaticCacheLM(), 4)
+
+
+def test_the_batched_graph_is_not_exported_from_another_lm_checkpoint(tiny_model_of, tiny_export_of, tmp_path):
+    import shutil
+
+    from cosyvoice_onnx.export.lm import export_batch_decode
+
+    export = shutil.copytree(tiny_export_of(3), tmp_path / "onnx")
+    with pytest.raises(ExportError, match=r"another LM checkpoint than llm.rl.pt \(--llm rl\)"):
+        export_batch_decode(tiny_export_of(3).parent, export, llm_variant="rl", progress=lambda _: None)
+    assert not (export / "lm_decode_batch.onnx").exists()

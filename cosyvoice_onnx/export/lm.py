@@ -162,6 +162,7 @@ def export_batch_decode(model_dir: Path, out_dir: Path | None = None, precisions
     import torch
 
     from ..errors import ExportError
+    from ..hash_cache import HashCache
     from ..manifest import read_manifest
     from ..model_files import inspect_model_dir
     from ..onnx_backend.loader import default_export_dir
@@ -173,6 +174,9 @@ def export_batch_decode(model_dir: Path, out_dir: Path | None = None, precisions
     source = read_manifest(out).get("sources", {}).get("llm", {}).get("sha256")
     if not source:
         raise ExportError(f"{out}: its manifest records no LM checkpoint; run `cosyvoice-onnx export` first")
+    if HashCache.in_folder(out).sha256(files.llm) != source:
+        raise ExportError(f"{out} was exported from another LM checkpoint than {files.llm.name} (--llm {llm_variant}); "
+                          "export the batched graph with the --llm the export was made with")
     torch.set_grad_enabled(False)
     progress(f"[lm batch] exporting the batched decode graph at {', '.join(parse_precisions(precisions))}")
     paths = export_lm_batch(load_module(files, "lm"), out, parse_precisions(precisions), source)

@@ -57,12 +57,13 @@ def _cmd_synth(args) -> int:
         # Presets differ per release; checked before the weights load so a typo fails fast.
         instruct = preset_instruction(args.instruct_preset, detect_version(args.model))
     start = time.perf_counter()
-    tts = CosyVoice(args.model, backend=plan, llm_variant=args.llm)
+    tts = CosyVoice(args.model, backend=plan, llm_variant=args.llm, stream_overlap=not args.no_overlap)
     loaded = time.perf_counter()
     controls = synth_controls(args, tts)
     controls.pop("return_info", None)
     request = SynthesisRequest(text=controls.pop("text"), prompt_wav=args.prompt_wav, prompt_text=args.prompt_text,
-                               instruct=instruct, seed=args.seed, speed=args.speed, stream=args.stream, **controls)
+                               instruct=instruct, seed=args.seed, speed=args.speed, stream=args.stream,
+                               first_chunk_tokens=args.first_chunk_tokens, **controls)
 
     def show(event: ProgressEvent) -> None:
         print(event.message, file=sys.stderr)
@@ -198,6 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--speed", type=float_range(0.5, 2.0), default=1.0, help="0.5 .. 2 (non-streaming)")
     s.add_argument("--stream", action="store_true", help="generate in streaming chunks")
+    s.add_argument("--first-chunk-tokens", type=int, default=None, metavar="N",
+                   help="with --stream: the first chunk after N speech tokens (1..100) instead of the official "
+                        "aligned first hop; sooner first audio, slightly different audio near that cut")
+    s.add_argument("--no-overlap", action="store_true",
+                   help="with --stream: decode each chunk's tokens only after the previous chunk's audio is made "
+                        "(default: the LM decodes ahead in a thread; the audio is the same)")
     s.add_argument("--backend", default="torch", help=PLAN_SYNTAX)
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)

@@ -29,13 +29,14 @@ from .progress import OnEvent, ProgressEvent
 from .request import (DEFAULT_MAX_SECONDS, MAX_TEXT_CHARS, Randomness, RequestClock, SynthesisRequest,
                       SynthesisResult, SynthesisStream)
 from .token2wav import Token2Wav
+from .token_prefetch import prefetched
 from .tokenizer import TextTokenizer
 from .voices import VoiceStore, model_fingerprint
 
 Progress = Callable[[int, int], None]
 # SynthesisRequest fields the keyword shorthand takes by name; every other keyword is a decode option.
 REQUEST_KEYWORDS = ("seed", "speed", "stream", "sampler", "duration", "duration_method", "emotion", "mix", "join",
-                    "join_ms", "check_tags", "max_seconds", "glossary")
+                    "join_ms", "check_tags", "max_seconds", "glossary", "first_chunk_tokens")
 
 
 class CosyVoice:
@@ -43,16 +44,21 @@ class CosyVoice:
 
     def __init__(self, model_dir: str | Path, backend: str | dict | ExecutionPlan | None = "torch",
                  device: str | Device | None = "auto", llm_variant: str = "base",
-                 export_dir: str | Path | None = None, batch_decode: int | None = None):
+                 export_dir: str | Path | None = None, batch_decode: int | None = None,
+                 stream_overlap: bool | None = None):
         """`backend`: an ExecutionPlan or its spec (plan.py: `torch`, `onnx:int8`, `lm=onnx:int8,flow=torch,...`);
         `device` (auto, cpu, cuda[:N]) applies to the stages whose spec names none; `auto` becomes a GPU where the
         stage's backend sees one, else the CPU, so `self.plan` names concrete devices. `batch_decode=N` (N > 1)
         runs the LM decode steps of up to N concurrent requests as one batch (lm_batching.py); off by default.
+        `stream_overlap`: a streamed sentence's LM decodes the next chunk's tokens in a thread while the flow and
+        vocoder make this chunk (token_prefetch.py; the same audio either way). None: on where the LM runs on a
+        GPU; on CPU cores that the flow needs too it slows the first audio, so there it is off unless asked for.
 
         A failed load raises a fresh error of the same type that holds no traceback into the half-built engine, so a
         caller that keeps the error (a server showing its last errors) does not keep the stages it loaded."""
         try:
             self._load(model_dir, backend, device, llm_variant, export_dir, batch_decode)
+            self.stream_overlap = self.plan.lm.device.is_cuda if stream_overlap is None else bool(stream_overlap)
             return
         except CosyVoiceError as exc:
             failure = (type(exc), str(exc))
@@ -191,8 +197,13 @@ class CosyVoice:
                 yield token
 
         flow = job.prompts.flow
-        for chunk in job.token2wav.stream(counted(job.tokens(segment, None)), flow.speech_tokens, flow.mel,
-                                          flow.embedding, noise=job.rng.vocoder_noise):
+        speech_tokens = job.tokens(segment, None)
+        # The request's first chunk only: later sentences follow while earlier ones play.
+        schedule = job.token2wav.schedule(job.request.first_chunk_tokens if index == 0 else None)
+        if self.stream_overlap:
+            speech_tokens = prefetched(speech_tokens, ahead=schedule.longest_chunk)
+        for chunk in job.token2wav.stream(counted(speech_tokens), flow.speech_tokens, flow.mel, flow.embedding,
+                                          schedule=schedule, noise=job.rng.vocoder_noise):
             samples += len(chunk)
             yield chunk
         job.info.tokens.append(tokens)

@@ -34,6 +34,8 @@ MAX_TRANSCRIPT_CHARS = 1000
 MAX_SEED = 2**64 - 1
 SPEED_RANGE = (0.5, 2.0)
 DEFAULT_MAX_SECONDS = 600.0
+# The official schedule's largest hop; a first chunk longer than that would delay the first audio, not hasten it.
+MAX_FIRST_CHUNK_TOKENS = 100
 DECODE_OPTIONS = ("min_len", "max_len", "exact_len", "eos_mask_mode")
 
 
@@ -78,6 +80,18 @@ def check_number(what: str, value: Any) -> float:
     return float(value)
 
 
+def check_first_chunk(tokens: Any, stream: bool) -> int | None:
+    """`first_chunk_tokens`: None (the official schedule) or 1 .. MAX_FIRST_CHUNK_TOKENS, streaming only."""
+    if tokens is None:
+        return None
+    if isinstance(tokens, bool) or not isinstance(tokens, (int, np.integer)) \
+            or not 1 <= int(tokens) <= MAX_FIRST_CHUNK_TOKENS:
+        raise InputError(f"first_chunk_tokens must be an integer in 1 .. {MAX_FIRST_CHUNK_TOKENS}, got {tokens!r}")
+    if not stream:
+        raise InputError("first_chunk_tokens works only when streaming")
+    return int(tokens)
+
+
 def check_time_limit(max_seconds: Any) -> None:
     """A request's `max_seconds`: None (the engine's default) or a positive number of seconds."""
     if max_seconds is not None and not check_number("max_seconds", max_seconds) > 0:
@@ -93,7 +107,9 @@ class SynthesisRequest:
     a voice uses the voice's own transcript). `instruct` selects instruct mode; `emotion` + `mix` splice the LM
     prompt from a second clip (mixing.py). `decode_options`: min_len, max_len, exact_len, eos_mask_mode.
     `max_seconds`: the time limit (None: the engine's default). `glossary`: term -> reading fixes applied to the
-    text (not to the instruction or transcript) before it is normalised and split.
+    text (not to the instruction or transcript) before it is normalised and split. `first_chunk_tokens`
+    (streaming): the request's first chunk after that many speech tokens instead of the official aligned first
+    hop, for sooner first audio; it changes the audio near the cut (token2wav.StreamSchedule).
     """
 
     text: str
@@ -115,6 +131,7 @@ class SynthesisRequest:
     decode_options: Mapping[str, Any] = field(default_factory=dict)
     max_seconds: float | None = None
     glossary: Glossary | None = None
+    first_chunk_tokens: int | None = None
 
     def __post_init__(self):
         check_text(self.text)
@@ -128,6 +145,7 @@ class SynthesisRequest:
             _check_length("emotion clip's transcript", self.emotion.transcript, MAX_TRANSCRIPT_CHARS)
         object.__setattr__(self, "seed", check_seed(self.seed))
         speed = check_speed(self.speed, self.stream)
+        object.__setattr__(self, "first_chunk_tokens", check_first_chunk(self.first_chunk_tokens, self.stream))
         if self.duration is not None:
             check_number("duration", self.duration)
             if self.stream:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, StreamingConfig
 from .flow_solver import token_to_mel
 from .noise import VocoderNoise
 from .stages import FlowStage, VocoderStage
@@ -28,17 +28,46 @@ def interpolate_linear(mel: np.ndarray, size: int) -> np.ndarray:
 
 @dataclass
 class StreamSchedule:
-    """The official chunking: a first hop aligned to 25-token boundaries of prompt+target, then growing hops."""
+    """The official chunking: a first hop aligned to 25-token boundaries of prompt+target, then growing hops.
+
+    `first_hop` (None: official) replaces the first hop by that many tokens, unaligned: the first audio comes
+    sooner, and the mel frames of the flow's attention chunk the cut falls in differ from the official stream's
+    (`bench` reports by how much). The hops after it follow the official growth."""
 
     token_hop_len: int = 25
     token_max_hop_len: int = 100
     scale_factor: int = 2
     lookahead: int = 3
+    first_hop: int | None = None
+
+    @property
+    def longest_chunk(self) -> int:
+        """The most tokens one chunk waits for (its hop and look-ahead): how far ahead decoding needs to run."""
+        return max(self.token_max_hop_len, self.first_hop or 0) + self.lookahead
+
+    @classmethod
+    def of(cls, streaming: StreamingConfig, first_hop: int | None = None) -> StreamSchedule:
+        """The schedule a model's streaming config sets; `first_hop` as above."""
+        return cls(streaming.token_hop_len, streaming.token_max_hop_len, streaming.stream_scale_factor,
+                   streaming.pre_lookahead_len, first_hop)
+
+    def calls(self, prompt_tokens: int, tokens: int) -> list[tuple[int, bool]]:
+        """The flow calls a stream of `tokens` makes: (tokens so far, finalize) per chunk, as `Token2Wav.stream`
+        runs them once every token has arrived."""
+        out, offset, hops = [], 0, self.hops(prompt_tokens)
+        hop = next(hops)
+        while tokens - offset >= hop + self.lookahead:
+            out.append((offset + hop + self.lookahead, False))
+            offset += hop
+            hop = next(hops)
+        if tokens:
+            out.append((tokens, True))
+        return out
 
     def hops(self, prompt_tokens: int) -> Iterator[int]:
         pad = int(np.ceil(prompt_tokens / self.token_hop_len) * self.token_hop_len - prompt_tokens)
         hop = self.token_hop_len
-        yield hop + pad
+        yield hop + pad if self.first_hop is None else self.first_hop
         while True:
             hop = min(self.token_max_hop_len, hop * self.scale_factor)
             yield hop
@@ -155,6 +184,10 @@ class Token2Wav:
             mel = interpolate_linear(mel, int(mel.shape[2] / speed))
         return self.vocode(mel, finalize=True, noise=noise)[0]
 
+    def schedule(self, first_hop: int | None = None) -> StreamSchedule:
+        """The model's streaming chunk schedule; `first_hop` as in StreamSchedule."""
+        return StreamSchedule.of(self.cfg.streaming, first_hop)
+
     def stream(self, token_source: Iterable[int], prompt_tokens, prompt_mel, embedding,
                schedule: StreamSchedule | None = None, noise: VocoderNoise | None = None) -> Iterator[np.ndarray]:
         """Yields audio chunks as tokens arrive; the chunks concatenate to the official streaming output.
@@ -162,9 +195,7 @@ class Token2Wav:
         Each flow call recomputes prompt+all tokens so far with chunk masks; the new mel goes to
         the vocoder stream `cfg.streaming.vocoder` names (VOCODER_STREAMS).
         """
-        schedule = schedule or StreamSchedule(self.cfg.streaming.token_hop_len, self.cfg.streaming.token_max_hop_len,
-                                              self.cfg.streaming.stream_scale_factor,
-                                              self.cfg.streaming.pre_lookahead_len)
+        schedule = schedule or self.schedule()
         ratio = self.cfg.flow.token_mel_ratio
         tokens: list[int] = []
         offset = 0

@@ -116,6 +116,7 @@ def test_quick_workload_streams_its_whole_request_as_the_first_chunk(tiny_model_
     cfg = load_config(tiny_model_dir)
     quick, default = Workload.quick(), Workload()
     assert default.stream_first_tokens(cfg) == 28 and default.stream_first_frames(cfg) == 50
+    assert default.stream_first_tokens(cfg, 10) == 13 and default.stream_first_frames(cfg, 10) == 20
     assert quick.stream_first_tokens(cfg) == 28 and quick.prefill_len == 1 + 5 + 1 + 15
 
 
@@ -129,7 +130,7 @@ def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path)
     int8_lm_only = "lm=onnx:int8,flow=onnx,vocoder=onnx"
     assert set(report["backends"]) == {"torch", "onnx", "onnx:int8", int8_lm_only}
     timed = {"torch": set(STAGES), "onnx": set(STAGES), "onnx:int8": set(STAGES) - {"vocoder"},
-             int8_lm_only: {"e2e", "ttfa"}}
+             int8_lm_only: {"e2e", "stream", "stream_serial", "ttfa", "ttfa_first_chunk"}}
     for name, stages in report["backends"].items():
         expected = timed[name]
         assert expected <= set(stages), name
@@ -139,6 +140,9 @@ def test_bench_cli_quick_run_reports_every_stage_and_reuses_its_export(tmp_path)
             # The 2 s source comes back as its tokens' worth of audio in the target voice.
             assert stages["convert"]["audio_s"] == pytest.approx(2.0, abs=0.1)
         assert stages["peak_rss_bytes"] > 10 << 20
+        # The LM decoding ahead makes the serial stream's audio; the first-chunk option's differs, measurably.
+        assert stages["stream_serial"]["same_audio"] is True
+        assert 0 < stages["ttfa_first_chunk"]["snr_db"] < float("inf")
     for precision in ("fp32", "int8"):
         assert all(b["seconds"] > 0 for b in report["bounds"][precision].values())
     assert report["rates"]["ort_sgemm_gflops"] > 0 and report["rates"]["copy_gbps"] > 0

@@ -53,13 +53,14 @@ def openai_client(server):
     return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=300)
 
 
-def _engine_pcm(engine, data_dir, seed: int, stream: bool = False) -> np.ndarray:
+def _engine_pcm(engine, data_dir, seed: int, stream: bool = False, **options) -> np.ndarray:
     """What the engine itself makes for the request the server gets: 16-bit samples."""
     from cosyvoice_onnx.audio import to_int16
     from cosyvoice_onnx.request import SynthesisRequest
 
     saved = engine.voice_store(data_dir / "voices").load(VOICE)
-    request = SynthesisRequest(text=TEXT, voice=saved, seed=seed, stream=stream, decode_options={"max_len": MAX_LEN})
+    request = SynthesisRequest(text=TEXT, voice=saved, seed=seed, stream=stream, decode_options={"max_len": MAX_LEN},
+                               **options)
     audio = np.concatenate(list(engine.stream(request))) if stream else engine.synthesize(request).audio
     return to_int16(audio)
 
@@ -86,6 +87,14 @@ def test_openai_client_streams_the_engines_chunks(openai_client, voice, model_id
     samples = np.frombuffer(data, dtype="<i2")
     assert len(samples) > 0
     np.testing.assert_array_equal(samples, _engine_pcm(tiny_engine, server[1], seed=3, stream=True))
+
+
+def test_a_smaller_first_chunk_streams_what_the_engine_makes_with_it(api, voice, server, tiny_engine):
+    res = _speech(api, stream=True, seed=3, response_format="pcm", first_chunk_tokens=5)
+    assert res.status_code == 200, res.text
+    samples = np.frombuffer(res.content, dtype="<i2")
+    np.testing.assert_array_equal(samples, _engine_pcm(tiny_engine, server[1], seed=3, stream=True,
+                                                       first_chunk_tokens=5))
 
 
 def test_streamed_wav_has_an_open_ended_header(api, voice):
@@ -128,6 +137,9 @@ BAD_SPEECH = [
     ({"max_seconds": 10 ** 6}, 400, "max_seconds"),
     ({"seed": -1}, 400, "seed"),
     ({"colour": "blue"}, 400, "colour"),
+    ({"stream": True, "first_chunk_tokens": 0}, 400, "first_chunk_tokens"),
+    ({"stream": True, "first_chunk_tokens": 101}, 400, "first_chunk_tokens"),
+    ({"first_chunk_tokens": 10}, 400, "only when streaming"),
 ]
 
 

@@ -155,7 +155,8 @@ def create_app(engine, settings: ServerSettings, pool: SynthesisPool | None = No
         decode = {"max_len": body.max_len} if body.max_len is not None else {}
         return SynthesisRequest(text=body.input, voice=load_voice(body.voice), instruct=body.instructions or None,
                                 seed=body.seed, speed=body.speed, duration=body.duration, stream=body.stream,
-                                decode_options=decode, max_seconds=body.max_seconds or settings.max_seconds)
+                                first_chunk_tokens=body.first_chunk_tokens, decode_options=decode,
+                                max_seconds=body.max_seconds or settings.max_seconds)
 
     @app.post("/v1/audio/speech", dependencies=auth)
     async def speech(body: SpeechRequest):

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..request import MAX_INSTRUCTION_CHARS, MAX_SEED, MAX_TEXT_CHARS
+from ..request import MAX_FIRST_CHUNK_TOKENS, MAX_INSTRUCTION_CHARS, MAX_SEED, MAX_TEXT_CHARS
 
 FORMATS = ("wav", "pcm", "flac", "mp3", "opus", "aac")
 # OpenAI's own model names are accepted as aliases of the one model this server holds, so clients written for
@@ -16,7 +16,7 @@ OPENAI_MODEL_ALIASES = ("tts-1", "tts-1-hd", "gpt-4o-mini-tts")
 
 class SpeechRequest(BaseModel):
     """`POST /v1/audio/speech`: OpenAI's fields plus this engine's extensions (instructions, seed, duration,
-    stream, max_len, max_seconds). Unknown fields are refused so a typo does not pass unnoticed."""
+    stream, first_chunk_tokens, max_len, max_seconds). Unknown fields are refused so a typo does not pass unnoticed."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -29,6 +29,7 @@ class SpeechRequest(BaseModel):
     seed: int = Field(0, ge=0, le=MAX_SEED)
     duration: float | None = Field(None, gt=0, le=600, allow_inf_nan=False)
     stream: bool = False
+    first_chunk_tokens: int | None = Field(None, ge=1, le=MAX_FIRST_CHUNK_TOKENS)
     max_len: int | None = Field(None, ge=1, le=10000)
     max_seconds: float | None = Field(None, gt=0, allow_inf_nan=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def add_bench_command(sub) -> None:
     b.add_argument("--stages", type=stage_list, default=None,
                    help=f"time only these stages (comma list of {', '.join(STAGES)}; default all)")
     b.add_argument("--repeats", type=int_range(1, 1000), default=3, help="timed runs per stage, after a warm-up")
+    b.add_argument("--first-chunk-tokens", type=int_range(1, 100), default=Workload.first_chunk_tokens,
+                   help="the first_chunk_tokens option the ttfa_first_chunk row times (default %(default)s)")
     b.add_argument("--quick", action="store_true", help="a 2 s request and one repeat: a check that it all runs")
     b.add_argument("--json", type=output_file, default=None, help="write the full report as JSON")
     b.set_defaults(func=_cmd_bench)
@@ -79,7 +82,9 @@ def stage_list(text: str) -> list[str]:
 def _cmd_bench(args) -> int:
     counts = args.threads or [None]
     reports = [run_bench(args.size, args.work, args.model, args.precisions, threads,
-                         1 if args.quick else args.repeats, Workload.quick() if args.quick else Workload(),
+                         1 if args.quick else args.repeats,
+                         dataclasses.replace(Workload.quick() if args.quick else Workload(),
+                                             first_chunk_tokens=args.first_chunk_tokens),
                          progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version,
                          device=args.device, backends=args.backends.split(",") if args.backends else None,
                          backend_timeout_s=args.backend_timeout, stages=args.stages)

@@ -143,12 +143,26 @@ def vocoder_cost(h: HiFTConfig, frames: int) -> Cost:
     return total
 
 
+def stream_vocoder_frames(cfg: ModelConfig, work: Workload) -> list[tuple[int, int]]:
+    """Per flow call of the streamed request: (tokens so far, mel frames the vocoder then runs on). CV3's causal
+    vocoder re-runs all the mel so far; CV2's runs the new frames with the previous call's last frames in front."""
+    ratio, lookahead = cfg.flow.token_mel_ratio, cfg.streaming.pre_lookahead_len
+    out, done = [], 0
+    for upto, final in work.stream_calls(cfg):
+        frames = (upto - (0 if final else lookahead)) * ratio
+        if cfg.streaming.vocoder == "accumulate":
+            out.append((upto, frames))
+        else:
+            out.append((upto, frames - done + (cfg.streaming.vocoder_cache_frames if done else 0)))
+        done = frames
+    return out
+
+
 def stage_costs(cfg: ModelConfig, work: Workload, weight_bytes: float) -> dict[str, tuple[Cost, Cost]]:
     """Per timed quantity: (the part that runs at the precision's GEMM rate with `weight_bytes` per weight: the LM
     and, for int8, the estimator's weight MatMuls; the part that is always fp32); decode is per token."""
     c, audio_tokens = cfg.llm, work.flow_tokens
     prefill = lm_prefill_cost(c, work.prefill_len, weight_bytes)
-    first = work.stream_first_tokens(cfg)
 
     def flow(tokens: int, finalize: bool = True) -> tuple[Cost, Cost]:
         total = flow_cost(cfg.flow, tokens, finalize)
@@ -157,19 +171,37 @@ def stage_costs(cfg: ModelConfig, work: Workload, weight_bytes: float) -> dict[s
         matmuls = flow_weight_matmul_cost(cfg.flow, tokens, finalize)
         return Cost(matmuls.flops, matmuls.bytes * weight_bytes / 4), total - matmuls
 
+    def decoded(tokens: int) -> Cost:
+        # The first token comes from the prefill, so n tokens take n - 1 decode steps.
+        return prefill + lm_decode_run_cost(c, work.prefill_len, tokens - 1, weight_bytes)
+
+    def first_audio(first_hop: int | None) -> tuple[Cost, Cost]:
+        tokens = work.stream_first_tokens(cfg, first_hop)
+        streamed = flow(work.flow_prompt_tokens + tokens, tokens == audio_tokens)
+        return (decoded(tokens) + streamed[0],
+                streamed[1] + vocoder_cost(cfg.hift, work.stream_first_frames(cfg, first_hop)))
+
+    def stream() -> tuple[Cost, Cost]:
+        quantized, rest = decoded(audio_tokens), Cost()
+        for upto, frames in stream_vocoder_frames(cfg, work):
+            chunk = flow(work.flow_prompt_tokens + upto, upto == audio_tokens)
+            quantized, rest = quantized + chunk[0], rest + chunk[1] + vocoder_cost(cfg.hift, frames)
+        return quantized, rest
+
     whole = flow(work.flow_prompt_tokens + audio_tokens)
-    streamed = flow(work.flow_prompt_tokens + first, first == audio_tokens)
     return {
         "lm_prefill": (prefill, Cost()),
         "lm_decode": (lm_decode_run_cost(c, work.prefill_len, work.decode_tokens, weight_bytes)
                       * (1 / work.decode_tokens), Cost()),
         "flow": whole,
         "vocoder": (Cost(), vocoder_cost(cfg.hift, work.vocoder_frames)),
-        # The first token comes from the prefill, so a request of n tokens takes n - 1 decode steps.
-        "e2e": (prefill + lm_decode_run_cost(c, work.prefill_len, audio_tokens - 1, weight_bytes) + whole[0],
+        "e2e": (decoded(audio_tokens) + whole[0],
                 whole[1] + vocoder_cost(cfg.hift, audio_tokens * cfg.flow.token_mel_ratio)),
-        "ttfa": (prefill + lm_decode_run_cost(c, work.prefill_len, first - 1, weight_bytes) + streamed[0],
-                 streamed[1] + vocoder_cost(cfg.hift, work.stream_first_frames(cfg))),
+        # Both streamed rows get the serial bound: two cores do not add compute by overlapping the stages.
+        "stream": stream(),
+        "stream_serial": stream(),
+        "ttfa": first_audio(None),
+        "ttfa_first_chunk": first_audio(work.first_chunk_tokens),
         # The source's tokens through the flow and the vocoder; the speech tokenizer and speaker model that also
         # run in the call are left out, so this bound is lower still.
         "convert": (whole[0], whole[1] + vocoder_cost(cfg.hift, audio_tokens * cfg.flow.token_mel_ratio)),

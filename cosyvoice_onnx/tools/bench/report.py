@@ -33,7 +33,11 @@ def stage_labels(cfg: ModelConfig, work: Workload) -> dict[str, str]:
         "flow": f"flow {audio:g} s ({frames} frames x{cfg.flow.n_timesteps} x2)",
         "vocoder": f"vocoder {work.vocoder_frames / 50:g} s ({work.vocoder_frames} frames)",
         "e2e": f"end to end, {audio:g} s of audio",
-        "ttfa": f"streaming first audio ({first} tokens)",
+        "stream": f"streamed request, {audio:g} s (LM decoding ahead)",
+        "stream_serial": f"streamed request, {audio:g} s (serial)",
+        "ttfa": f"streaming first audio ({first} tokens, serial)",
+        "ttfa_first_chunk": f"first audio, first_chunk_tokens={work.first_chunk_tokens} "
+                            f"({work.stream_first_tokens(cfg, work.first_chunk_tokens)} tokens)",
         "convert": f"voice conversion, {audio:g} s source ({work.flow_prompt_tokens / token_rate:g} s prompt)",
     }
 
@@ -81,6 +85,10 @@ def format_report(report: dict) -> str:
                 cell += f" ({measured['median_s'] / bound:.1f}x)"
             if stage in ("e2e", "convert") and "audio_s" in measured:
                 cell += f" RTF {measured['median_s'] / measured['audio_s']:.2f}"
+            if "same_audio" in measured:
+                cell += ", same audio" if measured["same_audio"] else ", AUDIO DIFFERS"
+            if "snr_db" in measured:
+                cell += f", SNR {measured['snr_db']:.1f} dB vs official"
             row.append(cell)
         torch_result = backends.get("torch", {}).get(stage)
         for name in onnx_names:
@@ -100,7 +108,9 @@ def format_report(report: dict) -> str:
     lines += ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     lines += [f"{COLUMN_NAMES.get(name, name)}: {r['error']}" for name, r in backends.items() if "error" in r]
     lines.append("(ONNX int8: int8 LM and flow estimator, fp32 vocoder (timed under ONNX fp32); ONNX int8 LM: the "
-                 "int8 LM with the fp32 flow and vocoder, timed end to end only)")
+                 "int8 LM with the fp32 flow and vocoder, timed end to end only. Streamed rows: 'same audio' = the "
+                 "LM-ahead stream equals the serial one; SNR = the first-chunk option's whole stream against the "
+                 "official schedule's)")
     return "\n".join(lines)
 
 

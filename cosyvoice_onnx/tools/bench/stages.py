@@ -24,13 +24,16 @@ from .workload import Workload
 # real-size run on two cores within minutes while small stages still get several repeats for a stable median.
 STAGE_TIME_CAP_S = 30.0
 
+# stream / stream_serial: the whole request streamed, with the LM decoding ahead in a thread (the engine's default)
+# and without; ttfa_first_chunk: first audio with the smaller-first-chunk option, and how much its audio differs;
 # convert: voice conversion through the engine (source tokens -> flow -> vocoder, no LM; issue #17's RTF).
-STAGES = ("lm_prefill", "lm_decode", "flow", "vocoder", "e2e", "ttfa", "convert")
+STAGES = ("lm_prefill", "lm_decode", "flow", "vocoder", "e2e", "stream", "stream_serial", "ttfa", "ttfa_first_chunk",
+          "convert")
 # int8 quantizes the LM and the flow estimator; its vocoder is the fp32 graph, timed once under onnx.
 INT8_LM_ONLY = "lm=onnx:int8,flow=onnx,vocoder=onnx"
 STAGES_TIMED = {"onnx:int8": [s for s in STAGES if s != "vocoder"],
                 # The int8 LM with the exact fp32 flow: only the whole request differs from the other columns.
-                INT8_LM_ONLY: ["e2e", "ttfa"]}
+                INT8_LM_ONLY: ["e2e", "stream", "stream_serial", "ttfa", "ttfa_first_chunk"]}
 
 
 def _timed(fn: Callable[[], float | None], repeats: int, warmup: Callable[[], object] | None = None) -> dict:
@@ -45,10 +48,13 @@ def _timed(fn: Callable[[], float | None], repeats: int, warmup: Callable[[], ob
     return {"median_s": statistics.median(times), "runs_s": times}
 
 
-def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str, tuple[Callable, Callable | None]]:
-    """Per stage: (one timed run, its warm-up); inputs are seeded random ids and features of the Workload's sizes."""
+def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload,
+                streamed: dict) -> dict[str, tuple[Callable, Callable | None]]:
+    """Per stage: (one timed run, its warm-up); inputs are seeded random ids and features of the Workload's sizes.
+    `streamed` gets the audio of the streamed runs ("stream", "stream_serial", "first_chunk")."""
     from ...lm_decode import iter_speech_tokens
     from ...sampling import make_sampler
+    from ...token_prefetch import prefetched
 
     rng = np.random.default_rng(work.seed)
     c, lm = cfg.llm, stages.lm
@@ -85,9 +91,17 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
         if len(audio) != work.flow_tokens * cfg.flow.token_mel_ratio * cfg.hift.hop_samples:
             raise RuntimeError(f"the request made {len(audio)} samples, not the {work.flow_tokens} tokens' worth")
 
-    def first_chunk():
-        chunks = token2wav.stream(sampled_tokens(), flow_prompt, prompt_mel, embedding,
-                                  noise=token2wav.request_noise(work.seed))
+    def stream(overlap: bool, first_hop: int | None = None):
+        schedule = token2wav.schedule(first_hop)
+        tokens = prefetched(sampled_tokens(), schedule.longest_chunk) if overlap else sampled_tokens()
+        return token2wav.stream(tokens, flow_prompt, prompt_mel, embedding, schedule,
+                                noise=token2wav.request_noise(work.seed))
+
+    def whole_stream(name: str, overlap: bool, first_hop: int | None = None) -> None:
+        streamed[name] = np.concatenate(list(stream(overlap, first_hop)))
+
+    def first_chunk(first_hop: int | None = None, overlap: bool = False) -> None:
+        chunks = stream(overlap, first_hop)
         next(chunks)
         chunks.close()
 
@@ -112,7 +126,12 @@ def _stage_runs(cfg: ModelConfig, stages, token2wav, work: Workload) -> dict[str
         "flow": (lambda: flow(work.flow_tokens), lambda: flow(1)),
         "vocoder": (lambda: stages.vocoder.vocode(mel, True, noise), None),
         "e2e": (request, warm_request),
+        "stream": (lambda: whole_stream("stream", True), already_warm),
+        "stream_serial": (lambda: whole_stream("stream_serial", False), already_warm),
         "ttfa": (first_chunk, already_warm),
+        "ttfa_first_chunk": (lambda: first_chunk(work.first_chunk_tokens), already_warm),
+        # Not timed: the option's whole stream once, to compare with the official one (stream_difference).
+        "first_chunk_audio": (lambda: whole_stream("first_chunk", False, work.first_chunk_tokens), None),
     }
 
 
@@ -169,7 +188,8 @@ def run_backend(job: dict, partial: Path | None = None) -> dict:
         stages = load_stages(files, plan, job["export_dir"])
         token2wav = Token2Wav(cfg, stages.flow, stages.vocoder, stages.flow_noise, hift_noise_source(cfg))
     result = {"backend": job["backend"], "load_s": time.perf_counter() - start}
-    runs = _stage_runs(cfg, stages, token2wav, work)
+    streamed: dict[str, np.ndarray] = {}
+    runs = _stage_runs(cfg, stages, token2wav, work, streamed)
     if engine is not None:
         convert, converted = _conversion_run(engine, cfg, work)
         runs["convert"] = (convert, None)
@@ -180,6 +200,7 @@ def run_backend(job: dict, partial: Path | None = None) -> dict:
               f"{len(result[stage]['runs_s'])})", file=sys.stderr, flush=True)
         if partial is not None:
             partial.write_text(json.dumps({**result, "error": f"stopped after {stage}"}))
+    _compare_streams(result, runs, streamed)
     if "e2e" in result:
         result["e2e"]["audio_s"] = work.flow_tokens / cfg.features.token_frame_rate
     if "convert" in result:
@@ -188,6 +209,25 @@ def run_backend(job: dict, partial: Path | None = None) -> dict:
     if torch is not None and torch.cuda.is_available():
         result["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     return result
+
+
+def _compare_streams(result: dict, runs: dict, streamed: dict) -> None:
+    """The streamed rows' audio checks: the overlapped stream must equal the serial one; the first-chunk option's
+    whole stream is compared with the official one (SNR and largest sample difference; run once, not timed)."""
+    from ..parity import snr_db
+
+    if "stream" in streamed and "stream_serial" in streamed:
+        result["stream_serial"]["same_audio"] = bool(np.array_equal(streamed["stream"], streamed["stream_serial"]))
+    if "ttfa_first_chunk" not in result:
+        return
+    if "stream" not in streamed:
+        runs["stream"][0]()
+    runs["first_chunk_audio"][0]()
+    official, option = streamed["stream"], streamed["first_chunk"]
+    size = min(len(official), len(option))
+    result["ttfa_first_chunk"].update(
+        snr_db=snr_db(official[:size], option[:size]), max_abs_diff=float(np.max(np.abs(official[:size] - option[:size]))),
+        samples=[len(official), len(option)])
 
 
 def peak_rss_bytes() -> int:

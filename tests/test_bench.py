@@ -201,6 +201,16 @@ def test_a_streaming_flow_chunk_costs_its_frames_without_the_look_ahead(tiny_mod
     assert flow_cost(f, tokens, finalize=False).flops == pytest.approx(f.n_timesteps * estimator + encoder, rel=1e-9)
 
 
+def test_backend_columns_keep_a_per_stage_plan_whole():
+    from cosyvoice_onnx.tools.bench.cli import backend_columns
+
+    assert backend_columns("torch,onnx:int8") == ["torch", "onnx:int8"]
+    assert backend_columns("onnx:int8,lm=onnx:int8,flow=onnx,vocoder=onnx,torch") == [
+        "onnx:int8", "lm=onnx:int8,flow=onnx,vocoder=onnx", "torch"]
+    assert backend_columns("lm=onnx,flow=torch") == ["lm=onnx,flow=torch"]
+    assert backend_columns("lm=onnx,flow=torch; lm=torch,flow=onnx") == ["lm=onnx,flow=torch", "lm=torch,flow=onnx"]
+
+
 def test_thread_counts_parse_a_sweep_with_all_cores(monkeypatch):
     import argparse
 

@@ -15,19 +15,24 @@ from .ray_runtime import Reply, capture, worker_name
 
 
 class EngineReplica:
-    def __init__(self, model_dir: str, backend: str, device: str):
+    def __init__(self, model_dir: str, backend: str, device: str, batch_decode: int = 1):
         from ..engine import CosyVoice
 
-        self.engine = CosyVoice(model_dir, backend=backend, device=device)
+        # batch_decode > 1: the concurrent requests of this replica (Serve runs them on its threads, up to
+        # max_ongoing_requests) share batched LM decode steps, as in a local `serve --batch N`.
+        self.engine = CosyVoice(model_dir, backend=backend, device=device, batch_decode=batch_decode)
         self.name = worker_name()
 
     def describe(self) -> Reply:
-        """What the API reports about the model (plan, rate) and the fingerprint its voices store checks."""
+        """What the API reports about the model (plan, rate), the fingerprint its voices store checks, and how many
+        LM decode steps ran with more than one request in them (0 without batch_decode)."""
         from ..voices import model_fingerprint
 
         files = self.engine.files
+        sizes = getattr(self.engine.stages.lm, "batch_sizes", {})
         return capture(self.name, lambda: {"plan": str(self.engine.plan), "sample_rate": self.engine.sample_rate,
-                                           "fingerprint": model_fingerprint(files.campplus, files.speech_tokenizer)})
+                                           "fingerprint": model_fingerprint(files.campplus, files.speech_tokenizer),
+                                           "batched_steps": sum(n for rows, n in sizes.items() if rows > 1)})
 
     def synthesize(self, request: SynthesisRequest) -> Reply:
         return capture(self.name, self.engine.synthesize, request)

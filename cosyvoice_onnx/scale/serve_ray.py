@@ -64,8 +64,8 @@ def deploy(serve, model_dir: str, args: argparse.Namespace, timeout_s: float = S
 
     def run() -> None:                            # serve.run has no time bound of its own
         try:
-            started["handle"] = serve.run(deployment.bind(model_dir, args.backend, args.device), name=APP_NAME,
-                                          route_prefix=None)
+            bound = deployment.bind(model_dir, args.backend, args.device, args.batch)
+            started["handle"] = serve.run(bound, name=APP_NAME, route_prefix=None)
         except Exception as exc:
             started["error"] = exc
 

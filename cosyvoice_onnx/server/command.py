@@ -26,7 +26,8 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=1, metavar="N", help="requests synthesized at once (default 1)")
     p.add_argument("--batch", type=int, default=1, metavar="N",
                    help="run the LM decode steps of up to N concurrent requests as one batch (default 1: off; "
-                        "raises --concurrency to N; an ONNX LM needs `export --batch-decode`)")
+                        "raises --concurrency to N; with --ray, in each replica; an ONNX LM needs "
+                        "`export --batch-decode`)")
     p.add_argument("--max-queue", type=int, default=16, metavar="N",
                    help="requests that may wait; more get HTTP 429 (default 16)")
     p.add_argument("--max-seconds", type=float, default=DEFAULT_MAX_SECONDS,
@@ -49,9 +50,6 @@ def check_serve_options(args: argparse.Namespace) -> None:
         raise SystemExit("error: --concurrency must be at least 1 and --max-queue at least 0")
     if not 1 <= args.batch <= MAX_BATCH:
         raise SystemExit(f"error: --batch must be in 1 .. {MAX_BATCH}")
-    if args.batch > 1 and getattr(args, "ray", None) is not None:
-        raise SystemExit("error: --batch does not reach Ray Serve replicas yet (they decode unbatched); "
-                         "leave out --batch or --ray")
     # Batching needs the requests to decode at the same time: one worker per row.
     args.concurrency = max(args.concurrency, args.batch)
     if not 0 < args.max_seconds < float("inf"):
@@ -134,7 +132,9 @@ def _serve_on_ray(args: argparse.Namespace) -> int:
 
         where = f"http://{args.host}:{args.port}"
         print(f"CosyVoice speech API on {where}/v1/audio/speech: {args.replicas} replica(s) on Ray "
-              f"({args.ray}), {args.concurrency} at once each, {args.max_queue} may wait; no studio in this mode",
+              f"({args.ray}), {args.concurrency} at once each, {args.max_queue} may wait"
+              f"{f', LM decode batched {args.batch} at a time in each' if args.batch > 1 else ''}; "
+              "no studio in this mode",
               file=sys.stderr, flush=True)
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

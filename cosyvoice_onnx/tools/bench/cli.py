@@ -31,7 +31,8 @@ def add_bench_command(sub) -> None:
                    help="cpu, or cuda / cuda:N: PyTorch fp32, bf16 and fp16 on the GPU (and ONNX fp16 where "
                         "onnxruntime has the CUDA provider) in one run; the cost-model bounds describe the CPU only")
     b.add_argument("--backends", default=None,
-                   help="the columns to time instead of the default set, e.g. torch,torch:bf16,onnx:int8")
+                   help="the columns to time instead of the default set, e.g. torch,torch:bf16,onnx:int8 (a "
+                        "per-stage plan keeps its commas; separate two of them with ';')")
     b.add_argument("--backend-timeout", type=float, default=None,
                    help="seconds per column; a column that fails or runs out is reported and the others still run")
     b.add_argument("--threads", type=thread_counts, default=None,
@@ -69,6 +70,21 @@ def thread_counts(text: str) -> list[int]:
     return counts
 
 
+def backend_columns(text: str) -> list[str]:
+    """`--backends`: a comma list of plans, where a per-stage plan keeps its own commas:
+    "onnx:int8,lm=onnx:int8,flow=onnx,vocoder=onnx" is two columns, "onnx:int8" and the per-stage one. Two
+    per-stage plans in a row are told apart by a ';' between them."""
+    if ";" in text:
+        return [part.strip() for part in text.split(";") if part.strip()]
+    columns: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if "=" in part and columns and "=" in columns[-1]:
+            columns[-1] += "," + part
+        else:
+            columns.append(part)
+    return columns
+
+
 def stage_list(text: str) -> list[str]:
     """`--stages`: a comma list of STAGES names."""
     names = [part.strip() for part in text.split(",")]
@@ -86,7 +102,7 @@ def _cmd_bench(args) -> int:
                          dataclasses.replace(Workload.quick() if args.quick else Workload(),
                                              first_chunk_tokens=args.first_chunk_tokens),
                          progress=lambda message: print(message, file=sys.stderr, flush=True), version=args.version,
-                         device=args.device, backends=args.backends.split(",") if args.backends else None,
+                         device=args.device, backends=backend_columns(args.backends) if args.backends else None,
                          backend_timeout_s=args.backend_timeout, stages=args.stages)
                for threads in counts]
     for report in reports:

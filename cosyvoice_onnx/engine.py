@@ -130,6 +130,10 @@ class CosyVoice:
         """Audio chunks as they are made; the stream's `result` is there after the last chunk."""
         if not request.stream:
             request = dataclasses.replace(request, stream=True)  # re-validated: no speed or duration in a stream
+        shortest = self.token2wav.min_first_hop()
+        if request.first_chunk_tokens is not None and request.first_chunk_tokens < shortest:
+            raise InputError(f"first_chunk_tokens must be at least {shortest} for this model: a shorter first chunk "
+                             "gives the vocoder too few mel frames to make any audio")
         job = self._start(request, on_event)
         segment_chunks = (self._stream_segment(job, i, segment) for i, segment in enumerate(job.segments))
 

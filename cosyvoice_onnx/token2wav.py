@@ -9,7 +9,7 @@ import numpy as np
 
 from .config import ModelConfig, StreamingConfig
 from .flow_solver import token_to_mel
-from .noise import VocoderNoise
+from .noise import F0_LOOK_RIGHT, VocoderNoise
 from .stages import FlowStage, VocoderStage
 
 
@@ -183,6 +183,16 @@ class Token2Wav:
         if speed != 1.0:
             mel = interpolate_linear(mel, int(mel.shape[2] / speed))
         return self.vocode(mel, finalize=True, noise=noise)[0]
+
+    def min_first_hop(self) -> int:
+        """The fewest tokens a first chunk can have and still make audio: the streamed vocoder keeps some mel frames
+        back until the next chunk (CV3: what its causal f0 predictor and conv_pre read ahead; CV2: the frames it
+        carries into the next call), so the first chunk must bring more than those."""
+        if self.cfg.streaming.vocoder == "accumulate":
+            held_back = F0_LOOK_RIGHT + self.cfg.hift.conv_pre_look_right + 1
+        else:
+            held_back = self.cfg.streaming.vocoder_cache_frames
+        return held_back // self.cfg.flow.token_mel_ratio + 1
 
     def schedule(self, first_hop: int | None = None) -> StreamSchedule:
         """The model's streaming chunk schedule; `first_hop` as in StreamSchedule."""

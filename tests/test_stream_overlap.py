@@ -177,6 +177,11 @@ def test_first_chunk_tokens_is_checked_once_with_a_clear_message(engines, voice,
             SynthesisRequest(TEXT, voice=voice, stream=True, first_chunk_tokens=bad)
     with pytest.raises(InputError, match="first_chunk_tokens works only when streaming"):
         SynthesisRequest(TEXT, voice=voice, first_chunk_tokens=10)
+    # The model sets the least: a first chunk must bring the vocoder more mel frames than it keeps back.
+    for engine in engines.values():
+        assert engine.token2wav.min_first_hop() == 5
+        with pytest.raises(InputError, match="at least 5 for this model"):
+            engine.stream(SynthesisRequest(TEXT, voice=voice, stream=True, first_chunk_tokens=4))
     # The keyword shorthand takes it too, and streams.
     chunks = engines["torch"].synthesize(TEXT, prompt_wav=prompt_wav, prompt_text=TRANSCRIPT, stream=True,
                                          first_chunk_tokens=5, exact_len=40)

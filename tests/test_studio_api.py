@@ -139,6 +139,17 @@ def test_streaming_returns_the_streamed_clip(client, tiny_engine, prompt_wav):
     assert f"{len(chunks)} chunks" in summary
 
 
+def test_streaming_with_a_smaller_first_chunk_plays_the_engines_stream_with_it(client, tiny_engine, prompt_wav):
+    _, result, summary = zero_shot(client, prompt_wav, seed=5, stream=True, first_chunk_tokens=5)
+    chunks = list(tiny_engine.synthesize(TEXT, prompt_wav=prompt_wav, prompt_text=TRANSCRIPT, seed=5, stream=True,
+                                         first_chunk_tokens=5))
+    assert len(chunks[0]) == 480 * (2 * 5 - 8)
+    assert np.max(np.abs(read(result)[1].astype(np.int32) - to_int16(np.concatenate(chunks)))) <= 1
+    assert f"{len(chunks)} chunks" in summary
+    with pytest.raises(AppError, match="first_chunk_tokens must be at least 5 for this model"):
+        zero_shot(client, prompt_wav, stream=True, first_chunk_tokens=2)
+
+
 def test_empty_transcript_is_cross_lingual(client, prompt_wav):
     _, result, summary = zero_shot(client, prompt_wav, transcript="")
     assert_speech(result)

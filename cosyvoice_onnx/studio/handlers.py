@@ -130,6 +130,15 @@ def random_seed() -> int:
     return random.randint(0, 2**31 - 1)
 
 
+def _first_chunk(value) -> int | None:
+    """The studio's number box: 0 or empty is the official schedule; anything else goes to the request's check."""
+    if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 def _progress_callback(progress):
     """Renders the engine's progress events on a gr.Progress bar."""
     def report(event) -> None:
@@ -243,8 +252,9 @@ class Studio:
     def zero_shot(self, text: str, prompt_audio: str | None = None, transcript: str = "", saved_voice: str = "",
                   seed: int = 0, speed: float = 1.0, stream: bool = False, join: str = "none", join_ms: float = 40,
                   backend: str = "torch", precision: str = "fp32", stages: str = "", model_dir: str = "",
-                  progress=gr.Progress()):
-        """Yields (live chunk or None, finished clip or None, summary); streaming fills the live player first."""
+                  first_chunk_tokens: float | None = 0, progress=gr.Progress()):
+        """Yields (live chunk or None, finished clip or None, summary); streaming fills the live player first.
+        `first_chunk_tokens` (streaming only; 0 or empty: the official schedule) is the request's option."""
         model, text, seed = self._checked(model_dir, text, seed)
         spec = backend_spec(backend, precision, stages, self.settings.device)
         progress(0, desc="loading the model")
@@ -264,7 +274,8 @@ class Studio:
             # speed goes along so that the engine refuses a speed change while streaming, as the official model does.
             request = SynthesisRequest(text=text, voice=voice, prompt_text=transcript, seed=seed, stream=True,
                                        speed=float(speed), join=join, join_ms=float(join_ms), check_tags=True,
-                                       glossary=self.glossary())
+                                       glossary=self.glossary(),
+                                       first_chunk_tokens=_first_chunk(first_chunk_tokens))
             stream_chunks = engine.stream(request, on_event=_progress_callback(progress))
             for chunk in stream_chunks:
                 first = first if first is not None else time.perf_counter() - start

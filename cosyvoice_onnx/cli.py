@@ -57,7 +57,7 @@ def _cmd_synth(args) -> int:
         # Presets differ per release; checked before the weights load so a typo fails fast.
         instruct = preset_instruction(args.instruct_preset, detect_version(args.model))
     start = time.perf_counter()
-    tts = CosyVoice(args.model, backend=plan, llm_variant=args.llm, stream_overlap=not args.no_overlap)
+    tts = CosyVoice(args.model, backend=plan, llm_variant=args.llm, stream_overlap=args.overlap)
     loaded = time.perf_counter()
     controls = synth_controls(args, tts)
     controls.pop("return_info", None)
@@ -202,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--first-chunk-tokens", type=int, default=None, metavar="N",
                    help="with --stream: the first chunk after N speech tokens (1..100) instead of the official "
                         "aligned first hop; sooner first audio, slightly different audio near that cut")
-    s.add_argument("--no-overlap", action="store_true",
-                   help="with --stream: decode each chunk's tokens only after the previous chunk's audio is made "
-                        "(default: the LM decodes ahead in a thread; the audio is the same)")
+    s.add_argument("--overlap", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --stream: let the LM decode the next chunk's tokens in a thread while this chunk's "
+                        "audio is made (the audio is the same); default: only where the LM runs on a GPU, since "
+                        "on a few CPU cores it slows the stream")
     s.add_argument("--backend", default="torch", help=PLAN_SYNTAX)
     s.add_argument("--llm", default="base", choices=["base", "rl"], help="llm.pt or llm.rl.pt")
     s.add_argument("--device", default="auto", help=DEVICE_HELP)

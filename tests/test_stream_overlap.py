@@ -186,3 +186,14 @@ def test_first_chunk_tokens_is_checked_once_with_a_clear_message(engines, voice,
     chunks = engines["torch"].synthesize(TEXT, prompt_wav=prompt_wav, prompt_text=TRANSCRIPT, stream=True,
                                          first_chunk_tokens=5, exact_len=40)
     assert len(next(iter(chunks))) == 480 * (2 * 5 - 8)
+
+
+def test_synth_overlap_flag_is_on_off_or_the_engines_default():
+    from cosyvoice_onnx.cli import build_parser
+
+    base = ["synth", "--model", "m", "--text", "hi", "--out", "out.wav", "--stream"]
+    parse = build_parser().parse_args
+    assert parse(base).overlap is None
+    assert parse(base + ["--overlap"]).overlap is True
+    assert parse(base + ["--no-overlap"]).overlap is False
+    assert parse(base + ["--first-chunk-tokens", "10"]).first_chunk_tokens == 10

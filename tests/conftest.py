@@ -126,6 +126,17 @@ def serve_process(free_port):
 
 
 @pytest.fixture(scope="session")
+def keyed_client():
+    """keyed_client(url, key, timeout_s): an httpx client of the speech API that sends the key with every request
+    (every wait bounded by timeout_s, so a hang fails the test instead of stalling it)."""
+    def make(url: str, key: str, timeout_s: float):
+        import httpx
+
+        return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s)
+    return make
+
+
+@pytest.fixture(scope="session")
 def upload_voice(prompt_wav):
     """upload_voice(api, name, transcript): the prompt clip saved as voice NAME through the speech API's
     POST /v1/voices (201 checked); returns the name."""

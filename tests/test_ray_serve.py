@@ -37,9 +37,8 @@ def server(ray_cluster, tiny_model_dir, tmp_path_factory, serve_process):
 
 
 @pytest.fixture(scope="module")
-def api(server):
-    with httpx.Client(base_url=server[0], headers={"Authorization": f"Bearer {KEY}"},
-                      timeout=REQUEST_TIMEOUT_S) as client:
+def api(server, keyed_client):
+    with keyed_client(server[0], KEY, REQUEST_TIMEOUT_S) as client:
         yield client
 
 

@@ -192,7 +192,9 @@ def test_stage_logits_match_module(cfg):
         if cfg.decoder_bias:
             expected += model.llm_decoder.bias.numpy()
     assert all(p.dtype == np.float32 and p.shape == (cfg.speech_vocab_size,) for p in produced)
-    np.testing.assert_allclose(np.stack(produced), expected, atol=1e-5, rtol=0)
+    # Step-by-step and whole-sequence products round differently; how much depends on the CPU's kernels (AVX2
+    # machines reach 1.5e-5 on logits of magnitude ~2), so the bound scales with the logits.
+    np.testing.assert_allclose(np.stack(produced), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_from_state_dict_is_strict_and_ties():

@@ -17,6 +17,8 @@ from .cli_convert import add_convert_command
 from .cli_glossary import add_glossary_command
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError, InputError, one_line
+from .int8 import (DEFAULT_WEIGHT_BITS, MANIFEST_KEY as INT8_KEY, UNRECORDED_WEIGHT_BITS, WEIGHT_BITS,
+                   full_range_notice)
 from .plan import PRECISIONS, SYNTAX as PLAN_SYNTAX
 
 
@@ -124,7 +126,11 @@ def _cmd_info(args) -> int:
         stages = ", ".join(s for s in ("lm", "flow", "vocoder") if s in manifest["precisions"][precision])
         if state != "current":
             state = ("stale: " if "stale export" in state else "not usable: ") + state
-        print(f"  {precision:5s} {stages}: {state}")
+        weights = f" ({manifest.get(INT8_KEY, UNRECORDED_WEIGHT_BITS)}-bit weights)" if precision == "int8" else ""
+        print(f"  {precision:5s} {stages}{weights}: {state}")
+    notice = full_range_notice(manifest, export_dir) if "int8" in states else None
+    if notice:
+        print(f"  warning: {notice}")
     return 0
 
 
@@ -133,7 +139,8 @@ def _cmd_export(args) -> int:
 
     check_output_dir(args.out or args.model / "onnx")  # before the export's minutes of work
     out = export_model(args.model, args.out, precisions=args.precision, llm_variant=args.llm,
-                       parity=not args.no_parity, progress=lambda msg: print(msg, flush=True))
+                       parity=not args.no_parity, progress=lambda msg: print(msg, flush=True),
+                       int8_weight_bits=args.int8_weight_bits)
     if args.batch_decode:
         from .export.lm import export_batch_decode
 
@@ -233,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=output_dir, default=None, help="export folder (default: MODEL/onnx)")
     e.add_argument("--llm", default="base", choices=["base", "rl"])
     e.add_argument("--no-parity", action="store_true", help="skip the parity check after export")
+    e.add_argument("--int8-weight-bits", type=int, choices=WEIGHT_BITS, default=DEFAULT_WEIGHT_BITS,
+                   help="int8 weight width: 7 (default) computes exactly on every CPU; 8 is slightly closer to fp32 "
+                        "but saturates on x86 CPUs without AVX-VNNI/AVX512-VNNI/AMX (most AVX2-only CPUs)")
     e.add_argument("--batch-decode", action="store_true",
                    help="also write the batched LM decode graph that `serve --batch N` runs on ONNX")
     e.set_defaults(func=_cmd_export)

@@ -158,7 +158,7 @@ def test_info_lists_each_precision_and_whether_it_is_current(copy, capsys):
     out = capsys.readouterr().out
     assert f"ONNX export: {copy / 'onnx'}" in out
     assert "  fp32  lm, flow, vocoder: current" in out
-    assert "  int8  lm, flow, vocoder: not usable: " in out and "flow_estimator.int8.onnx: differs" in out
+    assert "  int8  lm, flow, vocoder (7-bit weights): not usable: " in out and "flow_estimator.int8.onnx: differs" in out
     _flip_byte(copy / "flow.pt", 100)
     assert main(["info", "--model", str(copy)]) == 0
     assert "  fp32  lm, flow, vocoder: stale: " in capsys.readouterr().out

@@ -55,8 +55,8 @@ def test_export_run_hands_its_fp32_graphs_to_the_other_precisions(tiny_model_dir
     calls = []
 
     def recorder(stage):
-        def export(module, cfg, out, precision="fp32", fp32_paths=None):
-            calls.append((stage, precision, fp32_paths))
+        def export(module, cfg, out, precision="fp32", fp32_paths=None, **options):
+            calls.append((stage, precision, fp32_paths, options))
             path = Path(out) / f"{stage}_{precision}.onnx"
             path.write_bytes(b"graph")
             return [path]
@@ -65,9 +65,13 @@ def test_export_run_hands_its_fp32_graphs_to_the_other_precisions(tiny_model_dir
     monkeypatch.setattr(export_module, "export_lm", recorder("lm"))
     monkeypatch.setattr(flow_export, "export_flow", recorder("flow"))
     monkeypatch.setattr(hift_export, "export_hift", recorder("vocoder"))
-    exporter.export_model(tiny_model_dir, tmp_path, precisions="int8,fp16", parity=False, progress=lambda m: None)
+    exporter.export_model(tiny_model_dir, tmp_path, precisions="int8,fp16", parity=False, progress=lambda m: None,
+                          int8_weight_bits=8)
     expected = []
     for stage in ("lm", "flow", "vocoder"):
         fp32_written = [tmp_path / f"{stage}_fp32.onnx"]
-        expected += [(stage, "fp32", None), (stage, "fp16", fp32_written), (stage, "int8", fp32_written)]
+        # The weight width goes to the stages with dynamically quantized graphs only.
+        options = {} if stage == "vocoder" else {"int8_weight_bits": 8}
+        expected += [(stage, "fp32", None, options), (stage, "fp16", fp32_written, options),
+                     (stage, "int8", fp32_written, options)]
     assert calls == expected

@@ -10,6 +10,8 @@ import numpy as np
 
 from ..errors import ModelFolderError
 from ..hash_cache import HashCache
+from ..int8 import (DEFAULT_WEIGHT_BITS, MANIFEST_KEY as INT8_KEY, QUANTIZED_STAGES, UNRECORDED_WEIGHT_BITS,
+                    parse_weight_bits)
 from ..manifest import FLOW_NOISE_FILE, fingerprint, new_manifest, previous_export, write_manifest
 from ..model_files import ModelFiles, inspect_model_dir
 from ..onnx_backend.loader import default_export_dir
@@ -17,11 +19,14 @@ from ..plan import parse_precisions
 from ..progress import OnEvent, ProgressEvent
 
 
-
 def export_model(model_dir: str | Path, out_dir: str | Path | None = None, precisions: str | list[str] = "fp32",
                  llm_variant: str = "base", parity: bool = True,
-                 progress: Callable[[str], None] = print, on_event: OnEvent | None = None) -> Path:
+                 progress: Callable[[str], None] = print, on_event: OnEvent | None = None,
+                 int8_weight_bits: int = DEFAULT_WEIGHT_BITS) -> Path:
     """Writes the ONNX graphs for the requested precisions into out_dir (default: <model>/onnx).
+
+    int8_weight_bits: 7 (exact on every CPU) or 8 (exact only with VNNI/AMX), see cosyvoice_onnx/int8.py; the
+    manifest records it.
 
     Precisions exported earlier from the same checkpoints are kept (see `carry_over`). `progress` gets every
     log line; `on_event` a ProgressEvent("export", done, total) as each step starts (a step: one stage at
@@ -39,6 +44,7 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
     cfg = files.config
     out = Path(out_dir) if out_dir else default_export_dir(files)
     wanted = parse_precisions(precisions)
+    int8_weight_bits = parse_weight_bits(int8_weight_bits)
     if parity:
         check_parity_can_run(files)  # before any file is written
     out.mkdir(parents=True, exist_ok=True)
@@ -46,6 +52,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
     hashes = HashCache.in_folder(out)
     previous = previous_export(out, files, hashes)
     manifest = new_manifest(files, __version__, hashes)
+    if "int8" in wanted:
+        manifest[INT8_KEY] = int8_weight_bits
     exporters = {"lm": export_lm, "flow": export_flow, "vocoder": export_hift}
     steps = len(exporters) * len(wanted) + (len(wanted) if parity else 0)
     done = 0
@@ -66,7 +74,8 @@ def export_model(model_dir: str | Path, out_dir: str | Path | None = None, preci
             same_as_fp32 = stage == "vocoder" and precision != "fp32"  # the vocoder always runs its fp32 graphs
             step(f"[{stage}] {precision}: uses the fp32 graphs" if same_as_fp32 else f"[{stage}] exporting {precision}")
             # fp16/int8 graphs are derived from the fp32 ones just written (fp32 always comes first).
-            paths = export(module, cfg, out, precision=precision, fp32_paths=fp32_paths)
+            options = {"int8_weight_bits": int8_weight_bits} if stage in QUANTIZED_STAGES else {}
+            paths = export(module, cfg, out, precision=precision, fp32_paths=fp32_paths, **options)
             if precision == "fp32":
                 fp32_paths = paths
             manifest["precisions"].setdefault(precision, {})[stage] = [p.name for p in paths]
@@ -120,6 +129,8 @@ def carry_over(previous: dict | None, manifest: dict) -> tuple[list[str], list[s
             manifest["files"].setdefault(name, previous["files"].get(name, {}))
         if precision in previous.get("parity", {}):
             manifest["parity"][precision] = previous["parity"][precision]
+    if "int8" in earlier:
+        manifest[INT8_KEY] = previous.get(INT8_KEY, UNRECORDED_WEIGHT_BITS)
     return earlier, []
 
 

@@ -11,7 +11,9 @@ import torch
 from torch import nn
 
 from ..config import ModelConfig
+from ..int8 import DEFAULT_WEIGHT_BITS
 from .graph_fixes import drop_empty_pad_values
+from .quantize import quantize_weight_matmuls
 from ..onnx_backend.flow import ENCODER_IO
 from ..plan import EXPORT_PRECISIONS, graph_files
 
@@ -141,16 +143,14 @@ def convert_estimator_fp16(fp32_path: Path) -> Path:
     return _save(tidy.model, fp32_path.with_name(graph_files("flow", "fp16")["flow_estimator"]))
 
 
-def quantize_estimator_int8(fp32_path: Path) -> Path:
+def quantize_estimator_int8(fp32_path: Path, weight_bits: int = DEFAULT_WEIGHT_BITS) -> Path:
     """Dynamic int8 for the estimator's weight MatMuls (per output channel), everything else fp32.
 
     Those MatMuls are ~90 % of its FLOPs and run ~4x faster on int8 dot-product units. The attention products
     (two activations), the adaLN Gemms (one row per batch item) and the convolutions stay fp32: they are cheap or
     sensitive. Quantization changes the output (the parity report measures by how much), so fp32 stays the
-    reference and `flow=onnx:fp32` keeps an int8 LM with the exact flow.
+    reference and `flow=onnx:fp32` keeps an int8 LM with the exact flow. weight_bits: see cosyvoice_onnx/int8.py.
     """
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
     model = onnx.load(str(fp32_path), load_external_data=False)
     weights = {tensor.name for tensor in model.graph.initializer}
     weight_matmuls = [node.name for node in model.graph.node
@@ -160,8 +160,7 @@ def quantize_estimator_int8(fp32_path: Path) -> Path:
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         # quantize_dynamic writes its own IR version; _save caps it for the onnxruntime we ship with.
         raw = Path(scratch) / path.name
-        quantize_dynamic(str(fp32_path), str(raw), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=["MatMul"], nodes_to_quantize=weight_matmuls)
+        quantize_weight_matmuls(fp32_path, raw, weight_bits, nodes=weight_matmuls)
         return _save(onnx.load(str(raw)), path)
 
 
@@ -203,7 +202,7 @@ def _drop_repeated_nodes(graph: onnx.GraphProto) -> None:
 
 
 def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: str = "fp32",
-                fp32_paths: list[Path] | None = None) -> list[Path]:
+                fp32_paths: list[Path] | None = None, int8_weight_bits: int = DEFAULT_WEIGHT_BITS) -> list[Path]:
     """Writes flow_encoder.onnx and flow_estimator.onnx, plus flow_estimator.fp16.onnx / .int8.onnx for those.
 
     `module` is a CausalFlow (CV3) or a ConformerUNetFlow (CV2), as torch_backend.loader builds it. `fp32_paths`
@@ -220,5 +219,5 @@ def export_flow(module: nn.Module, cfg: ModelConfig, out_dir: Path, precision: s
     if precision == "fp16":
         written.append(convert_estimator_fp16(written[1]))
     elif precision == "int8":
-        written.append(quantize_estimator_int8(written[1]))
+        written.append(quantize_estimator_int8(written[1], int8_weight_bits))
     return written

@@ -15,10 +15,12 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from ..config import ModelConfig
+from ..int8 import DEFAULT_WEIGHT_BITS
 from ..onnx_backend.lm import DECODE, PREFILL, graph_path
 from ..plan import EXPORT_PRECISIONS
 from ..torch_backend.llm import CosyVoice3LM
 from .lm_graph import MAX_POSITIONS, build_decode, build_decode_batch, build_prefill
+from .quantize import quantize_weight_matmuls
 
 # Protobuf cannot hold 2 GiB; the real prefill graph is ~2.0 GB, so switch to one `.onnx.data` file well before.
 EXTERNAL_DATA_BYTES = 1 << 30
@@ -52,7 +54,7 @@ def _export_fp32(lm: CosyVoice3LM, out_dir: Path, max_positions: int) -> list[Pa
     return written
 
 
-def _convert_fp16(src: Path, dst: Path) -> Path:
+def _convert_fp16(src: Path, dst: Path, int8_weight_bits: int = DEFAULT_WEIGHT_BITS) -> Path:
     """Every float weight, the RoPE tables and the cache in fp16; logits are cast back to float32.
 
     Every op of these graphs has an fp16 CPU kernel, and the RoPE tables were computed in fp32 before rounding,
@@ -76,16 +78,12 @@ def _convert_fp16(src: Path, dst: Path) -> Path:
     return save_graph(model, dst)
 
 
-def _quantize_dynamic(src: Path, dst: Path) -> Path:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    # The contrib ops have no ONNX shape inference, so the quantizer is told that unknown tensors are float.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=True,
-                     use_external_data_format=False, extra_options={"DefaultTensorType": TensorProto.FLOAT})
-    return dst
+def _quantize_dynamic(src: Path, dst: Path, int8_weight_bits: int = DEFAULT_WEIGHT_BITS) -> Path:
+    return quantize_weight_matmuls(src, dst, int8_weight_bits)
 
 
-def _quantize_nbits(src: Path, dst: Path) -> Path:
+def _quantize_nbits(src: Path, dst: Path, int8_weight_bits: int = DEFAULT_WEIGHT_BITS) -> Path:
+    """int8_weight_bits does not apply: MatMulNBits multiplies int8 blocks without saturating on any CPU."""
     from onnxruntime.quantization import matmul_nbits_quantizer
 
     quantizer = matmul_nbits_quantizer.MatMulNBitsQuantizer(
@@ -107,12 +105,13 @@ CONVERTERS = {"fp16": {PREFILL: _convert_fp16, DECODE: _convert_fp16},
 
 
 def export_lm(module: CosyVoice3LM, cfg: ModelConfig, out_dir: Path, precision: str = "fp32",
-              fp32_paths: Sequence[Path] | None = None, max_positions: int = MAX_POSITIONS) -> list[Path]:
+              fp32_paths: Sequence[Path] | None = None, max_positions: int = MAX_POSITIONS,
+              int8_weight_bits: int = DEFAULT_WEIGHT_BITS) -> list[Path]:
     """Writes `lm_prefill` and `lm_decode` in one precision and returns their paths.
 
     fp16 and int8 are converted from the fp32 graphs `fp32_paths` (prefill, decode) when given, e.g. the ones
     this export run has just written; otherwise from an fp32 build in a scratch folder, so each call writes only
-    the files of the precision asked for.
+    the files of the precision asked for. int8_weight_bits: the prefill's int8 weight width (cosyvoice_onnx/int8.py).
     """
     if precision not in EXPORT_PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(EXPORT_PRECISIONS)}")
@@ -123,7 +122,7 @@ def export_lm(module: CosyVoice3LM, cfg: ModelConfig, out_dir: Path, precision: 
         return _export_fp32(lm, out_dir, max_positions)
     with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
         sources = fp32_paths or _export_fp32(lm, Path(scratch), max_positions)
-        return [CONVERTERS[precision][base](fp32, graph_path(out_dir, base, precision))
+        return [CONVERTERS[precision][base](fp32, graph_path(out_dir, base, precision), int8_weight_bits)
                 for base, fp32 in zip((PREFILL, DECODE), sources)]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ExportError
+from ..int8 import QUANTIZED_STAGES, full_range_notice
 from ..manifest import FLOW_NOISE_FILE, check_export
 from ..model_files import ModelFiles
 from ..plan import StagePlan, graph_files
@@ -42,6 +44,10 @@ def load(files: ModelFiles, plans: dict[str, StagePlan], export_dir: Path | None
     for precision in sorted({p.precision for p in plans.values()}):
         names = [s for s, p in plans.items() if p.precision == precision]
         manifest = check_export(export_dir, files, precision, names)
+        notice = full_range_notice(manifest, export_dir) if precision == "int8" and (
+            set(names) & set(QUANTIZED_STAGES)) else None
+        if notice:
+            warnings.warn(notice, stacklevel=2)
         for stage in names:
             graphs = manifest_graphs(manifest, export_dir, stage, precision, causal)
             stages[stage] = classes[stage](export_dir, files.config, precision=precision, graphs=graphs,

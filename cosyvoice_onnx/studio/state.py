@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import CosyVoiceError, InputError
 from ..plan import ExecutionPlan
+
+logger = logging.getLogger(__name__)
 
 
 def checked_spec(spec: str | ExecutionPlan, where: str, device: str = "auto") -> ExecutionPlan:
@@ -30,10 +34,11 @@ class EngineCache:
     (`--engine-lock`), `use()` makes requests take turns on one engine instead (less memory per engine at once).
     """
 
-    def __init__(self, capacity: int = 2, loader=None, lock: bool = False):
+    def __init__(self, capacity: int = 2, loader=None, lock: bool = False, notify=None):
         self.capacity = capacity
         self.lock = lock
         self._loader = loader or _load_engine
+        self._notify = notify or _show_warning
         self._engines: OrderedDict[tuple[str, ExecutionPlan], tuple[object, contextlib.AbstractContextManager]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -45,11 +50,21 @@ class EngineCache:
                 self._engines.move_to_end(key)
                 return self._engines[key]
             # Loading under the lock: two requests for a new engine must not load it twice (GBs of weights).
-            entry = (self._loader(*key), threading.Lock() if self.lock else contextlib.nullcontext())
+            entry = (self._load_and_notify(*key), threading.Lock() if self.lock else contextlib.nullcontext())
             self._engines[key] = entry
             while len(self._engines) > self.capacity:
                 self._engines.popitem(last=False)
             return entry
+
+    def _load_and_notify(self, model_dir: str, plan: ExecutionPlan):
+        """Loads an engine; what the load warns about (an int8 export this CPU computes poorly) reaches the user
+        who asked for it as a toast, and the server log."""
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            engine = self._loader(model_dir, plan)
+        for warning in caught:
+            self._notify(str(warning.message))
+        return engine
 
     @contextmanager
     def use(self, model_dir: Path, plan: ExecutionPlan | str):
@@ -67,6 +82,13 @@ class EngineCache:
         with self._lock:
             for key in [k for k in self._engines if k[0] == root]:
                 del self._engines[key]
+
+
+def _show_warning(message: str) -> None:
+    import gradio as gr
+
+    logger.warning(message)
+    gr.Warning(message)
 
 
 def _load_engine(model_dir: str, plan: ExecutionPlan):

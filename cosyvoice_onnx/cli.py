@@ -17,8 +17,7 @@ from .cli_convert import add_convert_command
 from .cli_glossary import add_glossary_command
 from .cli_controls import add_pronounce_command, add_synth_controls, add_voices_command, describe, synth_controls
 from .errors import CosyVoiceError, InputError, one_line
-from .int8 import (DEFAULT_WEIGHT_BITS, MANIFEST_KEY as INT8_KEY, UNRECORDED_WEIGHT_BITS, WEIGHT_BITS,
-                   full_range_notice)
+from .int8 import DEFAULT_WEIGHT_BITS, WEIGHT_BITS, full_range_notice, weight_bits_of
 from .plan import PRECISIONS, SYNTAX as PLAN_SYNTAX
 
 
@@ -126,7 +125,7 @@ def _cmd_info(args) -> int:
         stages = ", ".join(s for s in ("lm", "flow", "vocoder") if s in manifest["precisions"][precision])
         if state != "current":
             state = ("stale: " if "stale export" in state else "not usable: ") + state
-        weights = f" ({manifest.get(INT8_KEY, UNRECORDED_WEIGHT_BITS)}-bit weights)" if precision == "int8" else ""
+        weights = f" ({weight_bits_of(manifest)}-bit weights)" if precision == "int8" else ""
         print(f"  {precision:5s} {stages}{weights}: {state}")
     notice = full_range_notice(manifest, export_dir) if "int8" in states else None
     if notice:

@@ -60,10 +60,14 @@ def cpu_saturates_full_range(machine: str | None = None, cpuinfo: Path = CPUINFO
     return not VNNI_FLAGS.intersection(flags)
 
 
+def weight_bits_of(manifest: dict) -> int:
+    """The int8 weight width an export was made with (8 for exports older than the record)."""
+    return manifest.get(MANIFEST_KEY, UNRECORDED_WEIGHT_BITS)
+
+
 def full_range_notice(manifest: dict, export_dir: Path, saturates: bool | None = None) -> str | None:
     """A warning when this export's int8 graphs have 8-bit weights and this CPU saturates them, else None."""
-    bits = manifest.get(MANIFEST_KEY, UNRECORDED_WEIGHT_BITS)
-    if bits != 8 or not (cpu_saturates_full_range() if saturates is None else saturates):
+    if weight_bits_of(manifest) != 8 or not (cpu_saturates_full_range() if saturates is None else saturates):
         return None
     return (f"{export_dir}: its int8 graphs have full-range 8-bit weights, which ONNX Runtime computes with "
             "saturating sums on this CPU (no AVX-VNNI/AVX512-VNNI/AMX): int8 output drifts far from fp32 (11 % RMS "

@@ -147,17 +147,29 @@ def test_loading_a_full_width_export_on_a_saturating_cpu_warns(copy, monkeypatch
     assert not any("8-bit weights" in m for m in _load_warnings(copy, "onnx:int8"))
 
 
-def test_info_names_the_width_and_warns_where_it_saturates(copy, monkeypatch, capsys):
+def _cli_info(model, capsys) -> str:
+    assert cli.main(["info", "--model", str(model)]) == 0
+    return capsys.readouterr().out
+
+
+def _models_tab(model, capsys) -> str:
+    from cosyvoice_onnx.model_files import inspect_model_dir
+    from cosyvoice_onnx.studio.models_admin import _export_lines
+
+    return "\n".join(_export_lines(inspect_model_dir(model)))
+
+
+@pytest.mark.parametrize("view,line", [(_cli_info, "  int8  lm, flow, vocoder (7-bit weights): current"),
+                                       (_models_tab, "  - int8 (7-bit weights): ready")], ids=["info", "models-tab"])
+def test_info_and_the_models_tab_name_the_width_and_warn_where_it_saturates(copy, monkeypatch, capsys, view, line):
     monkeypatch.setattr(int8, "cpu_saturates_full_range", lambda: True)
-    assert cli.main(["info", "--model", str(copy)]) == 0
-    out = capsys.readouterr().out
-    assert "(7-bit weights): current" in out and "warning" not in out
+    shown = view(copy, capsys)
+    assert line in shown and "warning" not in shown
     manifest = _manifest(copy)
     manifest[int8.MANIFEST_KEY] = 8
     (copy / "onnx" / "manifest.json").write_text(json.dumps(manifest))
-    assert cli.main(["info", "--model", str(copy)]) == 0
-    out = capsys.readouterr().out
-    assert "(8-bit weights)" in out and "warning:" in out and "saturating" in out
+    shown = view(copy, capsys)
+    assert line.replace("7-bit", "8-bit") in shown and "warning: " in shown and "saturating" in shown
 
 
 def test_export_refuses_another_width_before_working(tmp_path, capsys):

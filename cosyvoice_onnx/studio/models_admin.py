@@ -16,6 +16,7 @@ TINY_MODEL = "tiny-test-model"
 
 def _export_lines(files) -> list[str]:
     from ..export.exporter import summarize
+    from ..int8 import full_range_notice, weight_bits_of
     from ..manifest import check_export, read_manifest
     from ..onnx_backend.loader import default_export_dir
 
@@ -31,7 +32,11 @@ def _export_lines(files) -> list[str]:
             state = "ready"
         except CosyVoiceError as exc:
             state = f"not usable: {exc}"
-        lines.append(f"  - {precision}: {state}")
+        weights = f" ({weight_bits_of(manifest)}-bit weights)" if precision == "int8" else ""
+        lines.append(f"  - {precision}{weights}: {state}")
+    notice = full_range_notice(manifest, export_dir) if "int8" in manifest.get("precisions", {}) else None
+    if notice:
+        lines.append(f"  - warning: {notice}")
     for precision, report in sorted(manifest.get("parity", {}).items()):
         lines.append(f"  - parity {precision}: {summarize(report)}")
     return lines

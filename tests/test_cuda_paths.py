@@ -181,10 +181,61 @@ def test_resident_flow_solve_matches_the_numpy_solver(tiny_model_of, version, pr
     noise = loader.flow_noise()[:, :, :frames]
     for streaming in (False, True):
         want = solve_cfm(flow, mu, mask, spks, cond, noise, 10, 0.7, streaming)
-        got = flow.solve_resident(mu, mask, spks, cond, noise, 10, 0.7, streaming)
-        assert got.dtype == np.float32
-        np.testing.assert_array_equal(got, want)
+        # cuda_graph on: the estimator runs through its fixed-input step (eagerly here, what CUDA would capture)
+        for graph in (False, True):
+            flow.cuda_graph = graph
+            got = flow.solve_resident(mu, mask, spks, cond, noise, 10, 0.7, streaming)
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got, want)
         assert np.abs(got - noise).max() > 0.1  # the estimator moved x: the comparison is not of two noises
+
+
+class _FakeCuda:
+    """Stands in for torch.cuda's stream and graph API, recording what a capture asks of it."""
+
+    def __init__(self):
+        self.modes, self.replays = [], 0
+        fake = self
+
+        class Graph:
+            def replay(self):
+                fake.replays += 1
+
+        class Capture:
+            def __init__(self, graph, capture_error_mode="global"):
+                fake.modes.append(capture_error_mode)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        class Stream:
+            def wait_stream(self, other):
+                pass
+
+        self.Graph, self.Capture, self.Stream = Graph, Capture, Stream
+
+
+def test_capture_warms_up_as_asked_and_leaves_other_threads_free(monkeypatch):
+    """The capture path itself (CUDA only) with torch.cuda's API faked: the warm-up count is the caller's (the flow
+    asks for one, each being a whole estimator call), and the capture is thread-local so the LM decoding ahead on
+    another thread is not broken by it."""
+    fake = _FakeCuda()
+    monkeypatch.setattr(torch.cuda, "Stream", fake.Stream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: fake.Capture(None, "none"))
+    monkeypatch.setattr(torch.cuda, "current_stream", fake.Stream)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", fake.Graph)
+    monkeypatch.setattr(torch.cuda, "graph", fake.Capture)
+    calls = []
+    step = CapturedStep(lambda a: calls.append(float(a)) or a * 2, (torch.tensor(1.0),), use_graph=False,
+                        warmup_runs=1)
+    step.use_graph = True  # as if the inputs were on a GPU
+    step.run()
+    step.run()
+    assert calls == [1.0, 1.0]  # one warm-up and the capture's recording, then replays only
+    assert fake.modes == ["none", "thread_local"] and fake.replays == 2 and step.captured
 
 
 @pytest.mark.parametrize("version", sorted(RELEASES, reverse=True), ids=lambda v: f"CV{v}")

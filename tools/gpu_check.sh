@@ -11,7 +11,8 @@
 # bf16, fp16 in one table, plus ONNX fp16 only where onnxruntime has the CUDA provider), then `parity --device cuda`
 # for bf16, fp16 and fp32 against fp32 on the CPU. Writes to $OUT: summary.txt (each step's exit code and
 # seconds), env.txt, nvidia-smi.txt, bench.txt + bench.json + bench.log, parity-<precision>.txt/.json/.log,
-# micro.json (LM decode eager vs CUDA graph, the flow solve numpy vs device-resident; tools/gpu_micro.py).
+# micro.json (LM decode eager vs CUDA graph; the flow solve numpy vs device-resident, eager vs graphed;
+# tools/gpu_micro.py).
 set -u
 cd "$(dirname "$0")/.."
 DEVICE=${GPU_CHECK_DEVICE:-cuda}

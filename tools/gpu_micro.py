@@ -2,7 +2,8 @@
 
 1. LM decode per token on the static cache: the step run eagerly vs replayed from its captured CUDA graph.
 2. Flow: the 10-step solve through the numpy reference solver (host <-> device round trips at every step) vs the
-   device-resident solve a CUDA flow runs, and ten bare estimator calls on device tensors (the floor of a solve).
+   device-resident solve a CUDA flow runs (eager, and with its estimator call captured as a CUDA graph, with
+   whether the two give the same bits), and ten bare estimator calls on device tensors (the eager floor).
 
 usage: python tools/gpu_micro.py MODEL_DIR DEVICE PRECISION
 """
@@ -69,7 +70,12 @@ def main(model_dir: str, device_text: str, precision: str) -> dict:
     spks, mask = rng.standard_normal((1, 80), dtype=np.float32), np.ones((1, 1, FRAMES), np.float32)
     solve_args = (mu, mask, spks, cond, loader.flow_noise()[:, :, :FRAMES], SOLVER_STEPS, 0.7, False)
     numpy_s = seconds(lambda: solve_cfm(flow, *solve_args), target)
+    flow.cuda_graph = False
     resident_s = seconds(lambda: flow.solve_resident(*solve_args), target)
+    eager_mel = flow.solve_resident(*solve_args)
+    flow.cuda_graph = True
+    graph_s = seconds(lambda: flow.solve_resident(*solve_args), target)
+    graph_mel = flow.solve_resident(*solve_args)
     batch = [torch.from_numpy(np.concatenate([a, a])).to(target, flow.dtype) for a in (mu, mask, mu, spks, cond)]
     x, mask_in, mu_in, spks_in, cond_in = batch
     t = torch.full((2,), 0.5, device=target)
@@ -77,6 +83,8 @@ def main(model_dir: str, device_text: str, precision: str) -> dict:
         bare_s = seconds(lambda: flow.flow.estimator(x, mask_in, mu_in, t, spks_in, cond_in, streaming=False),
                          target) * SOLVER_STEPS
     out.update(flow_solve_ms_numpy=numpy_s * 1e3, flow_solve_ms_resident=resident_s * 1e3,
+               flow_solve_ms_resident_graph=graph_s * 1e3,
+               flow_graph_max_abs_diff=float(np.abs(graph_mel - eager_mel).max()),
                flow_solve_ms_bare_estimator=bare_s * 1e3,
                flow_roundtrip_share_numpy=(numpy_s - bare_s) / numpy_s,
                flow_roundtrip_share_resident=(resident_s - bare_s) / resident_s)

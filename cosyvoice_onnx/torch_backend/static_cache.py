@@ -36,8 +36,9 @@ class CapturedStep:
     tensor, which a graph overwrites on the next replay.
     """
 
-    def __init__(self, fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], use_graph: bool):
-        self.fn, self.inputs = fn, inputs
+    def __init__(self, fn: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...], use_graph: bool,
+                 warmup_runs: int = CAPTURE_WARMUP_RUNS):
+        self.fn, self.inputs, self.warmup_runs = fn, inputs, warmup_runs
         self.use_graph = use_graph and all(t.is_cuda for t in inputs)
         self.graph = None
         self.output: torch.Tensor | None = None
@@ -67,11 +68,14 @@ class CapturedStep:
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(CAPTURE_WARMUP_RUNS):
+            for _ in range(self.warmup_runs):
                 self.fn(*self.inputs)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: other threads keep using the GPU during a capture (the LM decoding ahead while the flow
+        # captures, concurrent requests of a server); the default "global" mode would fail their copies and
+        # allocations, and this capture with them.
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             self.output = self.fn(*self.inputs)
         self.graph = graph
 

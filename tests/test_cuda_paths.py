@@ -1,5 +1,7 @@
 """The GPU code paths, run on the CPU: the static KV cache, the capture/replay wrapper's eager path, weight dtypes."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,8 @@ from cosyvoice_onnx.releases import RELEASES
 from cosyvoice_onnx.torch_backend import loader, static_cache
 from cosyvoice_onnx.torch_backend.llm import TorchLanguageModel
 from cosyvoice_onnx.torch_backend.precision import place, torch_dtype
-from cosyvoice_onnx.torch_backend.static_cache import CapturedStep, StaticCache
+from cosyvoice_onnx.torch_backend.cuda_graph import CapturedStep
+from cosyvoice_onnx.torch_backend.static_cache import StaticCache
 from tests.test_llm import TINY, TINY_CV2, random_model
 
 TEXT, PROMPT = np.array([5, 9, 11]), np.arange(6)
@@ -224,7 +227,7 @@ def test_capture_warms_up_as_asked_and_leaves_other_threads_free(monkeypatch):
     another thread is not broken by it."""
     fake = _FakeCuda()
     monkeypatch.setattr(torch.cuda, "Stream", fake.Stream)
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: fake.Capture(None, "none"))
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
     monkeypatch.setattr(torch.cuda, "current_stream", fake.Stream)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", fake.Graph)
     monkeypatch.setattr(torch.cuda, "graph", fake.Capture)
@@ -235,7 +238,7 @@ def test_capture_warms_up_as_asked_and_leaves_other_threads_free(monkeypatch):
     step.run()
     step.run()
     assert calls == [1.0, 1.0]  # one warm-up and the capture's recording, then replays only
-    assert fake.modes == ["none", "thread_local"] and fake.replays == 2 and step.captured
+    assert fake.modes == ["thread_local"] and fake.replays == 2 and step.captured
 
 
 @pytest.mark.parametrize("version", sorted(RELEASES, reverse=True), ids=lambda v: f"CV{v}")

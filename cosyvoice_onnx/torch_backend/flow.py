@@ -10,7 +10,7 @@ from torch import nn
 
 from ..config import FlowConfig
 from ..flow_solver import euler_schedule, guidance_batch, guidance_weights, guided_euler_step
-from .static_cache import CapturedStep
+from .cuda_graph import CapturedStep
 
 # Scale applied to t in [0, 1] before the sinusoidal features (the DiT was trained on t * 1000).
 TIME_FEATURE_SCALE = 1000.0
@@ -381,7 +381,7 @@ class TorchFlow:
             lambda x_in, t_in: self.flow.estimator(x_in, mask_in, mu_in, t_in, spks_in, cond_in, streaming=streaming),
             (guided_x, step_time), use_graph=self.cuda_graph, warmup_runs=SOLVE_CAPTURE_WARMUP_RUNS)
         for t, dt in zip(step_times, widths.tolist()):
-            guided_x.copy_(torch.cat([x, x]))
+            guided_x.copy_(x)  # x [1, 80, T] broadcast to both rows of the CFG batch
             step_time.copy_(t)
             velocity = estimate.run()
             x = guided_euler_step(x, velocity.float(), dt, guided_weight, unguided_weight)

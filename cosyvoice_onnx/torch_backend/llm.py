@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import LLMConfig
-from .static_cache import CapturedStep, Lease, Slot, SlotPool, StaticCache, capacity_for
+from .cuda_graph import CapturedStep
+from .static_cache import Lease, Slot, SlotPool, StaticCache, capacity_for
 
 # One (key, value) pair per layer, each [1, kv_heads, cached_len, head_dim]; keys are stored after RoPE.
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]
@@ -281,7 +282,7 @@ class TorchLanguageModel:
     `StaticCache` handle on preallocated buffers whose decode step is captured as a CUDA graph when `cuda_graph`
     (both default on for a CUDA model). static_cache without cuda_graph attends over exactly the cached positions
     (the same numbers as the list path); with cuda_graph it attends over the whole buffer with a mask, and on a
-    CPU that fixed-shape step runs eagerly (see static_cache.CapturedStep).
+    CPU that fixed-shape step runs eagerly (see cuda_graph.CapturedStep).
     """
 
     backend = "torch"
